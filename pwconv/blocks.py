@@ -1,0 +1,574 @@
+"""Blocks built around the 1x1 convolution (Flax linen).
+
+Every block is a linen dataclass whose fields read like its paper's table, plus the shared keyword-only
+knobs of :class:`Block`: ``norm`` and ``act`` (injected callables, None to drop), ``use_bias``,
+``zero_init_last``, ``dtype`` and ``param_dtype``. ``__call__(x, *, train=False)`` takes x (N, H, W, C);
+``train`` switches BatchNorm to batch statistics. ``dense_equivalent(in_features)`` returns the module the
+block stands in for, so :func:`pwconv.savings` can compare the two.
+
+Costs below are MACs per example in the paper convention (padded taps counted); Ho, Wo is the output size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from pwconv import kernels
+from pwconv import ops
+from pwconv import validate
+from pwconv.layers import DepthwiseConv, PointwiseConv
+
+ModuleDef = Callable[..., nn.Module]
+Activation = Callable[[jax.Array], jax.Array]
+
+batch_norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+
+
+def _kw(default: Any) -> Any:
+  return dataclasses.field(default=default, kw_only=True)
+
+
+class Block(nn.Module):
+  """Knobs every block shares (keyword-only) and the conv -> norm -> act unit blocks are built from.
+
+  Attributes:
+    norm: norm module factory called as ``norm(name=..., dtype=..., param_dtype=...)``; BatchNorm
+      (momentum 0.9, eps 1e-5) by default; any ``nn.GroupNorm``/``nn.LayerNorm`` partial works; None
+      drops every norm. BatchNorm-like norms get ``use_running_average=not train``.
+    act: activation after each norm (ReLU by default; ``jax.nn.relu6``, ``nn.swish``, ``nn.gelu`` ...);
+      None is the identity. Blocks that end in a linear projection (InvertedResidual) skip it there.
+    use_bias: conv biases; None means a bias exactly where no norm follows the conv.
+    zero_init_last: initialise the scale of the block's last norm to zero, so a residual block starts
+      as its shortcut (Goyal et al., 2017).
+    dtype: computation dtype (e.g. ``jnp.bfloat16``); None infers it from inputs and params.
+    param_dtype: dtype parameters are stored in.
+  """
+  norm: ModuleDef | None = _kw(batch_norm)
+  act: Activation | None = _kw(nn.relu)
+  use_bias: bool | None = _kw(None)
+  zero_init_last: bool = _kw(False)
+  dtype: Any = _kw(None)
+  param_dtype: Any = _kw(jnp.float32)
+
+  def conv_norm_act(self, x: jax.Array, conv: ModuleDef, *, name: str, train: bool,
+                    act: bool = True, last: bool = False) -> jax.Array:
+    """``conv(name=name)`` -> ``norm(name=name + "_norm")`` -> ``act``: the unit of every block."""
+    use_bias = self.norm is None if self.use_bias is None else self.use_bias
+    x = conv(name=name, use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+    if self.norm is not None:
+      kwargs = {"scale_init": nn.initializers.zeros_init()} if last and self.zero_init_last else {}
+      norm = self.norm(name=f"{name}_norm", dtype=self.dtype, param_dtype=self.param_dtype, **kwargs)
+      if "use_running_average" in inspect.signature(norm.__call__).parameters:
+        x = norm(x, use_running_average=not train)
+      else:
+        x = norm(x)
+    return self.activate(x) if act else x
+
+  def activate(self, x: jax.Array) -> jax.Array:
+    return x if self.act is None else self.act(x)
+
+  def shortcut(self, x: jax.Array, features: int, strides: tuple[int, int], *,
+               train: bool) -> jax.Array:
+    """Identity when shapes match, else a strided 1x1 projection + norm (ResNet's option B)."""
+    if x.shape[-1] == features and strides == (1, 1):
+      return x
+    return self.conv_norm_act(x, _pw(features, strides=strides),
+                              name="shortcut", train=train, act=False)
+
+  def dense(self, features: int, kernel_size: Sequence[int], strides: Sequence[int] = (1, 1),
+            dilation: Sequence[int] = (1, 1)) -> DenseConv:
+    """A :class:`DenseConv` with this block's shared knobs: what ``dense_equivalent`` returns."""
+    return DenseConv(features, kernel_size=tuple(kernel_size), strides=tuple(strides),
+                     dilation=tuple(dilation), norm=self.norm, act=self.act, use_bias=self.use_bias,
+                     dtype=self.dtype, param_dtype=self.param_dtype, parent=None)
+
+  def input_channels(self, x: jax.Array) -> int:
+    validate.nhwc(type(self).__name__, "x", x)
+    return x.shape[-1]
+
+
+def _pw(features: int, **kwargs: Any) -> ModuleDef:
+  """A :class:`PointwiseConv` factory."""
+  return functools.partial(PointwiseConv, features, **kwargs)
+
+
+def _conv(features: int, kernel_size: Sequence[int], strides: Sequence[int] = (1, 1),
+          dilation: Sequence[int] = (1, 1)) -> ModuleDef:
+  """A dense kxk ``nn.Conv`` factory with SAME padding."""
+  return functools.partial(nn.Conv, features, tuple(kernel_size), strides=tuple(strides),
+                           padding="SAME", kernel_dilation=tuple(dilation))
+
+
+def _check_in_features(owner: str, in_features: int) -> int:
+  return validate.positive_int(owner, "in_features", in_features)
+
+
+class DenseConv(Block):
+  """The dense baseline: one kxk convolution -> norm -> act.
+
+  Cost: Ho·Wo·kh·kw·Cin·features; params kh·kw·Cin·features.
+  """
+  features: int
+  kernel_size: Sequence[int] = (3, 3)
+  strides: Sequence[int] = (1, 1)
+  dilation: Sequence[int] = (1, 1)
+
+  def __post_init__(self):
+    owner = type(self).__name__
+    validate.positive_int(owner, "features", self.features)
+    validate.int_pair(owner, "kernel_size", self.kernel_size)
+    validate.int_pair(owner, "strides", self.strides)
+    validate.int_pair(owner, "dilation", self.dilation)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    self.input_channels(x)
+    conv = _conv(self.features, self.kernel_size, self.strides, self.dilation)
+    return self.conv_norm_act(x, conv, name="conv", train=train, last=True)
+
+  def dense_equivalent(self, in_features: int) -> DenseConv:
+    _check_in_features(type(self).__name__, in_features)
+    return self
+
+
+class Bottleneck(Block):
+  """1x1 reduce -> kxk -> (1x1 expand): the bottleneck of ResNet (expand=True) or Inception (False).
+
+  Attributes:
+    features: output channels F.
+    reduced_features: channels R after the 1x1 reduction.
+    kernel_size: (kh, kw) of the middle conv.
+    strides: applied by the kxk conv (ResNet v1.5).
+    expand: True: 1x1 reduce to R, kxk R -> R, 1x1 expand to F (ResNet). False: 1x1 reduce to R, then
+      kxk R -> F (the Inception reduction).
+    residual: add a shortcut (a 1x1 projection when shapes differ) before the last activation;
+      None means True when ``expand`` else False.
+    dilation: (dh, dw) of the kxk conv.
+
+  Cost: H·W·Cin·R + Ho·Wo·kh·kw·R·R + Ho·Wo·R·F (expand=True), or H·W·Cin·R + Ho·Wo·kh·kw·R·F (False),
+  plus Ho·Wo·Cin·F for a projection shortcut. The seed example, 28x28x128 -> 64, 5x5, R=32:
+  3,211,264 + 40,140,800 = 43,352,064 MACs against 160,563,200 for the dense 5x5.
+  """
+  features: int
+  reduced_features: int
+  kernel_size: Sequence[int] = (3, 3)
+  strides: Sequence[int] = (1, 1)
+  expand: bool = True
+  residual: bool | None = None
+  dilation: Sequence[int] = (1, 1)
+
+  def __post_init__(self):
+    owner = type(self).__name__
+    validate.positive_int(owner, "features", self.features)
+    validate.positive_int(owner, "reduced_features", self.reduced_features)
+    validate.int_pair(owner, "kernel_size", self.kernel_size)
+    validate.int_pair(owner, "strides", self.strides)
+    validate.int_pair(owner, "dilation", self.dilation)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    self.input_channels(x)
+    strides = tuple(self.strides)
+    residual = self.expand if self.residual is None else self.residual
+    y = self.conv_norm_act(x, _pw(self.reduced_features),
+                           name="reduce", train=train)
+    mid = self.reduced_features if self.expand else self.features
+    y = self.conv_norm_act(y, _conv(mid, self.kernel_size, strides, self.dilation), name="conv",
+                           train=train, act=not (residual or self.expand), last=not self.expand)
+    if self.expand:
+      y = self.conv_norm_act(y, _pw(self.features), name="expand",
+                             train=train, act=False, last=True)
+    if residual:
+      y = y + self.shortcut(x, self.features, strides, train=train)
+    return self.activate(y) if (residual or self.expand) else y
+
+  def dense_equivalent(self, in_features: int) -> DenseConv:
+    _check_in_features(type(self).__name__, in_features)
+    return self.dense(self.features, self.kernel_size, self.strides, self.dilation)
+
+
+class DepthwiseSeparable(Block):
+  """Depthwise kxk -> pointwise 1x1: MobileNet's (and Xception's) factorised convolution.
+
+  Attributes:
+    features: output channels F.
+    kernel_size: (kh, kw) of the depthwise conv.
+    strides: applied by the depthwise conv.
+    depth_multiplier: m; the depthwise conv outputs Cin·m channels.
+    dilation: (dh, dw) of the depthwise conv.
+    mid_act: activation between depthwise and pointwise (MobileNet: True; Xception found it better
+      without: False).
+    residual: add a shortcut (1x1 projection when shapes differ) before the last activation.
+    impl: depthwise implementation (see :func:`pwconv.ops.depthwise_conv`).
+
+  Cost: Ho·Wo·kh·kw·Cin·m + Ho·Wo·Cin·m·F, against Ho·Wo·kh·kw·Cin·F dense: a ratio of
+  1/F + 1/(kh·kw) (MobileNet, eq. 5) for m = 1.
+  """
+  features: int
+  kernel_size: Sequence[int] = (3, 3)
+  strides: Sequence[int] = (1, 1)
+  depth_multiplier: int = 1
+  dilation: Sequence[int] = (1, 1)
+  mid_act: bool = True
+  residual: bool = False
+  impl: str = "auto"
+
+  def __post_init__(self):
+    owner = type(self).__name__
+    validate.positive_int(owner, "features", self.features)
+    validate.int_pair(owner, "kernel_size", self.kernel_size)
+    validate.int_pair(owner, "strides", self.strides)
+    validate.int_pair(owner, "dilation", self.dilation)
+    validate.positive_int(owner, "depth_multiplier", self.depth_multiplier)
+    validate.one_of(owner, "impl", self.impl, kernels.names())
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    self.input_channels(x)
+    strides = tuple(self.strides)
+    depthwise = functools.partial(DepthwiseConv, kernel_size=tuple(self.kernel_size), strides=strides,
+                                  dilation=tuple(self.dilation),
+                                  depth_multiplier=self.depth_multiplier, impl=self.impl)
+    y = self.conv_norm_act(x, depthwise, name="depthwise", train=train, act=self.mid_act)
+    y = self.conv_norm_act(y, _pw(self.features), name="pointwise",
+                           train=train, act=not self.residual, last=True)
+    if self.residual:
+      y = self.activate(y + self.shortcut(x, self.features, strides, train=train))
+    return y
+
+  def dense_equivalent(self, in_features: int) -> DenseConv:
+    _check_in_features(type(self).__name__, in_features)
+    return self.dense(self.features, self.kernel_size, self.strides, self.dilation)
+
+
+class SqueezeExcite(nn.Module):
+  """Squeeze-and-Excitation: global pool -> 1x1 to R -> act -> 1x1 to C -> gate -> rescale channels.
+
+  Attributes:
+    ratio: R = max(1, int(C·ratio)) unless ``reduced_features`` is given.
+    reduced_features: R directly (EfficientNet sizes it from the block's input, not its width).
+    act: activation after the reduction (ReLU).
+    gate: the channel gate (sigmoid; MobileNetV3 uses hard sigmoid).
+
+  Cost: 2·C·R MACs per example, params 2·C·R + R + C. ``dense_equivalent`` is the identity: SE adds
+  cost and saves none, so its savings ratio is 0.
+  """
+  ratio: float = 0.25
+  reduced_features: int | None = None
+  act: Activation = nn.relu
+  gate: Activation = nn.sigmoid
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    owner = type(self).__name__
+    if not 0 < self.ratio <= 1:
+      raise ValueError(f"{owner}: ratio must be in (0, 1], got {self.ratio}")
+    if self.reduced_features is not None:
+      validate.positive_int(owner, "reduced_features", self.reduced_features)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    del train  # no norm inside
+    validate.nhwc(type(self).__name__, "x", x)
+    c = x.shape[-1]
+    reduced = self.reduced_features or max(1, int(c * self.ratio))
+    conv = functools.partial(PointwiseConv, use_bias=True, dtype=self.dtype,
+                             param_dtype=self.param_dtype)
+    s = jnp.mean(x, axis=(1, 2), keepdims=True)
+    s = self.act(conv(reduced, name="reduce")(s))
+    s = self.gate(conv(c, name="expand")(s))
+    return x * s.astype(x.dtype)
+
+  def dense_equivalent(self, in_features: int) -> Identity:
+    _check_in_features(type(self).__name__, in_features)
+    return Identity(parent=None)
+
+
+class Identity(nn.Module):
+  """y = x; no params, no MACs."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    del train
+    return x
+
+
+class InvertedResidual(Block):
+  """MobileNetV2's inverted residual: 1x1 expand -> depthwise kxk -> (SE) -> linear 1x1 project.
+
+  Attributes:
+    features: output channels F.
+    expansion: t; the hidden width is E = Cin·t (no expand conv when t = 1).
+    kernel_size: (kh, kw) of the depthwise conv.
+    strides: applied by the depthwise conv.
+    se_ratio: add Squeeze-Excite on the hidden width with R = max(1, int(Cin·se_ratio)) (EfficientNet).
+    residual: identity shortcut; None means "when strides are 1 and Cin == F" (MobileNetV2). True with
+      different shapes adds a 1x1 projection.
+    dilation: (dh, dw) of the depthwise conv.
+    impl: depthwise implementation.
+
+  The projection has no activation (the "linear bottleneck"). Cost: H·W·Cin·E + Ho·Wo·kh·kw·E +
+  Ho·Wo·E·F (+ 2·E·R with SE).
+  """
+  features: int
+  expansion: int = 6
+  kernel_size: Sequence[int] = (3, 3)
+  strides: Sequence[int] = (1, 1)
+  se_ratio: float | None = None
+  residual: bool | None = None
+  dilation: Sequence[int] = (1, 1)
+  impl: str = "auto"
+
+  def __post_init__(self):
+    owner = type(self).__name__
+    validate.positive_int(owner, "features", self.features)
+    validate.positive_int(owner, "expansion", self.expansion)
+    validate.int_pair(owner, "kernel_size", self.kernel_size)
+    validate.int_pair(owner, "strides", self.strides)
+    validate.int_pair(owner, "dilation", self.dilation)
+    validate.one_of(owner, "impl", self.impl, kernels.names())
+    if self.se_ratio is not None and not 0 < self.se_ratio <= 1:
+      raise ValueError(f"{owner}: se_ratio must be None or in (0, 1], got {self.se_ratio}")
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    cin = self.input_channels(x)
+    strides = tuple(self.strides)
+    hidden = cin * self.expansion
+    y = x
+    if self.expansion != 1:
+      y = self.conv_norm_act(y, _pw(hidden), name="expand", train=train)
+    depthwise = functools.partial(DepthwiseConv, kernel_size=tuple(self.kernel_size), strides=strides,
+                                  dilation=tuple(self.dilation), impl=self.impl)
+    y = self.conv_norm_act(y, depthwise, name="depthwise", train=train)
+    if self.se_ratio is not None:
+      y = SqueezeExcite(reduced_features=max(1, int(cin * self.se_ratio)), act=self.act or nn.relu,
+                        dtype=self.dtype, param_dtype=self.param_dtype, name="se")(y)
+    y = self.conv_norm_act(y, _pw(self.features), name="project",
+                           train=train, act=False, last=True)
+    residual = (strides == (1, 1) and cin == self.features) if self.residual is None else self.residual
+    if residual:
+      y = y + self.shortcut(x, self.features, strides, train=train)
+    return y
+
+  def dense_equivalent(self, in_features: int) -> DenseConv:
+    _check_in_features(type(self).__name__, in_features)
+    return self.dense(self.features, self.kernel_size, self.strides, self.dilation)
+
+
+class InceptionModule(Block):
+  """GoogLeNet's Inception module: four parallel branches concatenated on channels.
+
+  Branches: 1x1 (f1x1); 1x1 reduce (f3x3_reduce) -> 3x3 (f3x3); 1x1 reduce (f5x5_reduce) -> 5x5 (f5x5);
+  3x3 max pool (stride 1) -> 1x1 projection (pool_proj). Output channels f1x1 + f3x3 + f5x5 + pool_proj.
+
+  Attributes:
+    naive: the paper's naive module (Fig. 2a): no 1x1 reductions and no pool projection, so the output
+      has f1x1 + f3x3 + f5x5 + Cin channels. ``dense_equivalent`` returns this form.
+
+  Cost: H·W·(Cin·(f1x1 + f3x3_reduce + f5x5_reduce + pool_proj) + 9·f3x3_reduce·f3x3
+  + 25·f5x5_reduce·f5x5); inception (3a), 28x28x192: 128,049,152 MACs.
+  """
+  f1x1: int
+  f3x3_reduce: int
+  f3x3: int
+  f5x5_reduce: int
+  f5x5: int
+  pool_proj: int
+  naive: bool = False
+
+  def __post_init__(self):
+    owner = type(self).__name__
+    for name in ("f1x1", "f3x3_reduce", "f3x3", "f5x5_reduce", "f5x5", "pool_proj"):
+      validate.positive_int(owner, name, getattr(self, name))
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    self.input_channels(x)
+    unit = functools.partial(self.conv_norm_act, train=train)
+    b1 = unit(x, _pw(self.f1x1), name="branch1x1")
+    pooled = nn.max_pool(x, (3, 3), strides=(1, 1), padding="SAME")
+    if self.naive:
+      b3 = unit(x, _conv(self.f3x3, (3, 3)), name="branch3x3")
+      b5 = unit(x, _conv(self.f5x5, (5, 5)), name="branch5x5")
+      return jnp.concatenate([b1, b3, b5, pooled.astype(b1.dtype)], axis=-1)
+    b3 = unit(unit(x, _pw(self.f3x3_reduce), name="branch3x3_reduce"),
+              _conv(self.f3x3, (3, 3)), name="branch3x3")
+    b5 = unit(unit(x, _pw(self.f5x5_reduce), name="branch5x5_reduce"),
+              _conv(self.f5x5, (5, 5)), name="branch5x5")
+    bp = unit(pooled, _pw(self.pool_proj), name="pool_proj")
+    return jnp.concatenate([b1, b3, b5, bp], axis=-1)
+
+  def dense_equivalent(self, in_features: int) -> InceptionModule:
+    _check_in_features(type(self).__name__, in_features)
+    return self.clone(naive=True, parent=None, name=None)
+
+
+class FireModule(Block):
+  """SqueezeNet's Fire module: 1x1 squeeze, then parallel 1x1 and 3x3 expands, concatenated.
+
+  Attributes:
+    squeeze: channels S of the 1x1 squeeze.
+    expand1x1: channels of the 1x1 expand branch.
+    expand3x3: channels of the 3x3 expand branch.
+    residual: SqueezeNet's bypass (identity when shapes match, else the "complex" 1x1 bypass).
+
+  Cost: H·W·(Cin·S + S·expand1x1 + 9·S·expand3x3); dense equivalent: one 3x3 conv Cin ->
+  expand1x1 + expand3x3.
+  """
+  squeeze: int
+  expand1x1: int
+  expand3x3: int
+  residual: bool = False
+
+  def __post_init__(self):
+    owner = type(self).__name__
+    for name in ("squeeze", "expand1x1", "expand3x3"):
+      validate.positive_int(owner, name, getattr(self, name))
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    self.input_channels(x)
+    s = self.conv_norm_act(x, _pw(self.squeeze), name="squeeze",
+                           train=train)
+    act = not self.residual
+    e1 = self.conv_norm_act(s, _pw(self.expand1x1), name="expand1x1",
+                            train=train, act=act, last=True)
+    e3 = self.conv_norm_act(s, _conv(self.expand3x3, (3, 3)), name="expand3x3", train=train,
+                            act=act, last=True)
+    y = jnp.concatenate([e1, e3], axis=-1)
+    if self.residual:
+      y = self.activate(y + self.shortcut(x, y.shape[-1], (1, 1), train=train))
+    return y
+
+  def dense_equivalent(self, in_features: int) -> DenseConv:
+    _check_in_features(type(self).__name__, in_features)
+    return self.dense(self.expand1x1 + self.expand3x3, (3, 3))
+
+
+class ShuffleUnit(Block):
+  """ShuffleNet (v1) unit: grouped 1x1 -> channel shuffle -> depthwise 3x3 -> grouped 1x1.
+
+  Attributes:
+    features: output channels F.
+    groups: g, the groups of both 1x1 convs; divides the bottleneck width and F.
+    strides: (1, 1): the residual is added (a 1x1 projection when Cin != F). (2, 2): the input, average
+      pooled 3x3/2, is concatenated, so the main branch outputs F - Cin channels (requires F > Cin).
+    bottleneck_ratio: bottleneck width B = F·ratio, rounded down to a multiple of g (paper: 1/4).
+    group_first: group the first 1x1 (the paper does not in its first stage, where Cin = 24).
+    impl: depthwise implementation.
+
+  Cost: H·W·Cin·B/g' + Ho·Wo·9·B + Ho·Wo·B·F'/g (g' = g if group_first else 1; F' the main branch's
+  output). The depthwise conv has no activation after it, as in the paper.
+  """
+  features: int
+  groups: int = 3
+  strides: Sequence[int] = (1, 1)
+  bottleneck_ratio: float = 0.25
+  group_first: bool = True
+  impl: str = "auto"
+
+  def __post_init__(self):
+    owner = type(self).__name__
+    validate.positive_int(owner, "features", self.features)
+    validate.positive_int(owner, "groups", self.groups)
+    if tuple(validate.int_pair(owner, "strides", self.strides)) not in ((1, 1), (2, 2)):
+      raise ValueError(f"{owner}: strides must be (1, 1) or (2, 2), got {self.strides!r}")
+    if not 0 < self.bottleneck_ratio <= 1:
+      raise ValueError(f"{owner}: bottleneck_ratio must be in (0, 1], got {self.bottleneck_ratio}")
+    validate.one_of(owner, "impl", self.impl, kernels.names())
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    owner = type(self).__name__
+    cin = self.input_channels(x)
+    strides = validate.int_pair(owner, "strides", self.strides)
+    downsample = strides == (2, 2)
+    out = self.features - cin if downsample else self.features
+    if out < 1:
+      raise ValueError(f"{owner}: with strides (2, 2) features must exceed the input channels {cin} "
+                       f"(the pooled input is concatenated), got features={self.features}")
+    if out % self.groups:
+      raise ValueError(f"{owner}: groups={self.groups} must divide the main branch's output "
+                       f"channels {out}")
+    bottleneck = int(self.features * self.bottleneck_ratio) // self.groups * self.groups
+    if bottleneck < 1:
+      raise ValueError(f"{owner}: features·bottleneck_ratio = {self.features * self.bottleneck_ratio} "
+                       f"leaves no channels for groups={self.groups}")
+    first_groups = self.groups if self.group_first else 1
+    if cin % first_groups:
+      raise ValueError(f"{owner}: groups={self.groups} must divide the input channels {cin} "
+                       "(or set group_first=False)")
+    y = self.conv_norm_act(x, _pw(bottleneck, groups=first_groups),
+                           name="reduce", train=train)
+    y = ops.channel_shuffle(y, self.groups)
+    depthwise = functools.partial(DepthwiseConv, kernel_size=(3, 3), strides=strides, impl=self.impl)
+    y = self.conv_norm_act(y, depthwise, name="depthwise", train=train, act=False)
+    y = self.conv_norm_act(y, _pw(out, groups=self.groups),
+                           name="expand", train=train, act=False, last=True)
+    if downsample:
+      pooled = nn.avg_pool(x, (3, 3), strides=(2, 2), padding="SAME", count_include_pad=False)
+      return self.activate(jnp.concatenate([y, pooled.astype(y.dtype)], axis=-1))
+    return self.activate(y + self.shortcut(x, out, strides, train=train))
+
+  def dense_equivalent(self, in_features: int) -> DenseConv:
+    _check_in_features(type(self).__name__, in_features)
+    return self.dense(self.features, (3, 3), self.strides)
+
+
+class MLPConv(Block):
+  """Network-in-Network's mlpconv: a kxk conv followed by 1x1 conv + activation layers.
+
+  The third claim of the 1x1 conv: each extra 1x1 layer adds a non-linearity for H·W·F² MACs.
+
+  Attributes:
+    features: output channels F of every layer.
+    kernel_size: (kh, kw) of the first conv.
+    strides: applied by the first conv.
+    pointwise_layers: L, the number of 1x1 conv + activation layers after it (NiN: 2).
+
+  Cost: Ho·Wo·kh·kw·Cin·F + L·Ho·Wo·F²; ``dense_equivalent`` is the kxk conv alone.
+  """
+  features: int
+  kernel_size: Sequence[int] = (3, 3)
+  strides: Sequence[int] = (1, 1)
+  pointwise_layers: int = 2
+
+  def __post_init__(self):
+    owner = type(self).__name__
+    validate.positive_int(owner, "features", self.features)
+    validate.int_pair(owner, "kernel_size", self.kernel_size)
+    validate.int_pair(owner, "strides", self.strides)
+    validate.positive_int(owner, "pointwise_layers", self.pointwise_layers, minimum=0)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    self.input_channels(x)
+    y = self.conv_norm_act(x, _conv(self.features, self.kernel_size, self.strides), name="conv",
+                           train=train, last=self.pointwise_layers == 0)
+    for i in range(self.pointwise_layers):
+      y = self.conv_norm_act(y, _pw(self.features),
+                             name=f"pointwise{i}", train=train, last=i == self.pointwise_layers - 1)
+    return y
+
+  def dense_equivalent(self, in_features: int) -> DenseConv:
+    _check_in_features(type(self).__name__, in_features)
+    return self.dense(self.features, self.kernel_size, self.strides)

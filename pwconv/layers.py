@@ -1,0 +1,119 @@
+"""Pointwise and depthwise convolution layers (Flax linen), backed by :mod:`pwconv.ops`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from pwconv import kernels
+from pwconv import ops
+from pwconv import validate
+
+Dtype = Any
+Initializer = nn.initializers.Initializer
+
+
+class PointwiseConv(nn.Module):
+  """1x1 convolution as a ``dot_general`` over channels.
+
+  Attributes:
+    features: output channels Cout.
+    groups: channel groups (ShuffleNet's grouped 1x1); divides Cin and Cout. Params Cin·Cout/groups.
+    strides: (sh, sw) subsampling, as a strided 1x1 ``nn.Conv`` (ResNet's projection shortcut); the
+      output is ceil(H / sh) x ceil(W / sw).
+    use_bias: add a per-channel bias.
+    dtype: computation dtype (None: inferred from input and params).
+    param_dtype: dtype the parameters are stored in.
+
+  ``kernel`` is stored as (Cin // groups, Cout), the HWIO kernel of ``nn.Conv(kernel_size=(1, 1))`` with
+  its two unit axes dropped. Cost: H·W·Cin·Cout/groups MACs per example.
+  """
+  features: int
+  groups: int = 1
+  use_bias: bool = False
+  strides: Sequence[int] = (1, 1)
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  bias_init: Initializer = nn.initializers.zeros_init()
+
+  def __post_init__(self):
+    validate.positive_int(type(self).__name__, "features", self.features)
+    validate.positive_int(type(self).__name__, "groups", self.groups)
+    validate.int_pair(type(self).__name__, "strides", self.strides)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    owner = type(self).__name__
+    validate.nhwc(owner, "x", x)
+    cin = x.shape[-1]
+    if cin % self.groups:
+      raise ValueError(f"{owner}: groups={self.groups} must divide the input channels {cin}")
+    if self.features % self.groups:
+      raise ValueError(f"{owner}: groups={self.groups} must divide features={self.features}")
+    kernel = self.param("kernel", self.kernel_init, (cin // self.groups, self.features),
+                        self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    sh, sw = validate.int_pair(owner, "strides", self.strides)
+    if (sh, sw) != (1, 1):
+      x = x[:, ::sh, ::sw, :]
+    y = ops.pointwise_conv(x, kernel, groups=self.groups)
+    return y + bias if bias is not None else y
+
+
+class DepthwiseConv(nn.Module):
+  """Depthwise kxk convolution: each input channel filtered by ``depth_multiplier`` filters of its own.
+
+  Attributes:
+    kernel_size: (kh, kw).
+    strides: (sh, sw); the output is ceil(H / sh) x ceil(W / sw) with "SAME" padding.
+    padding: "SAME", "VALID", an int, or ((top, bottom), (left, right)).
+    dilation: (dh, dw) atrous rates; the receptive field is (kh - 1)·dh + 1 rows.
+    depth_multiplier: m; the output has C·m channels.
+    use_bias: add a per-channel bias.
+    impl: "auto" or a name in ``pwconv.kernels.names()``; every choice computes the same function and is
+      counted the same by :func:`pwconv.profile`.
+
+  ``kernel`` is stored as (kh, kw, 1, C·m), exactly as ``nn.Conv(feature_group_count=C)`` stores it, so
+  parameters move between the two unchanged. Cost: Ho·Wo·kh·kw·C·m MACs per example; params kh·kw·C·m.
+  """
+  kernel_size: Sequence[int] = (3, 3)
+  strides: Sequence[int] = (1, 1)
+  padding: ops.Padding = "SAME"
+  dilation: Sequence[int] = (1, 1)
+  depth_multiplier: int = 1
+  use_bias: bool = False
+  impl: str = "auto"
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  bias_init: Initializer = nn.initializers.zeros_init()
+
+  def __post_init__(self):
+    owner = type(self).__name__
+    validate.int_pair(owner, "kernel_size", self.kernel_size)
+    validate.int_pair(owner, "strides", self.strides)
+    validate.int_pair(owner, "dilation", self.dilation)
+    validate.positive_int(owner, "depth_multiplier", self.depth_multiplier)
+    validate.one_of(owner, "impl", self.impl, kernels.names())
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    validate.nhwc(type(self).__name__, "x", x)
+    kh, kw = validate.int_pair(type(self).__name__, "kernel_size", self.kernel_size)
+    features = x.shape[-1] * self.depth_multiplier
+    kernel = self.param("kernel", self.kernel_init, (kh, kw, 1, features), self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (features,), self.param_dtype)
+            if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = ops.depthwise_conv(x, kernel, strides=self.strides, padding=self.padding,
+                           dilation=self.dilation, impl=self.impl)
+    return y + bias if bias is not None else y
