@@ -1,0 +1,1 @@
+"""Experiment runner for pwconv: configs, data, training, evaluation and reports."""
