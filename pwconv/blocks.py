@@ -75,7 +75,7 @@ class Block(nn.Module):
   def activate(self, x: jax.Array) -> jax.Array:
     return x if self.act is None else self.act(x)
 
-  def shortcut(self, x: jax.Array, features: int, strides: tuple[int, int], *,
+  def shortcut_branch(self, x: jax.Array, features: int, strides: tuple[int, int], *,
                train: bool) -> jax.Array:
     """Identity when shapes match, else a strided 1x1 projection + norm (ResNet's option B)."""
     if x.shape[-1] == features and strides == (1, 1):
@@ -83,7 +83,7 @@ class Block(nn.Module):
     return self.conv_norm_act(x, _pw(features, strides=strides),
                               name="shortcut", train=train, act=False)
 
-  def dense(self, features: int, kernel_size: Sequence[int], strides: Sequence[int] = (1, 1),
+  def dense_conv(self, features: int, kernel_size: Sequence[int], strides: Sequence[int] = (1, 1),
             dilation: Sequence[int] = (1, 1)) -> DenseConv:
     """A :class:`DenseConv` with this block's shared knobs: what ``dense_equivalent`` returns."""
     return DenseConv(features, kernel_size=tuple(kernel_size), strides=tuple(strides),
@@ -189,12 +189,12 @@ class Bottleneck(Block):
       y = self.conv_norm_act(y, _pw(self.features), name="expand",
                              train=train, act=False, last=True)
     if residual:
-      y = y + self.shortcut(x, self.features, strides, train=train)
+      y = y + self.shortcut_branch(x, self.features, strides, train=train)
     return self.activate(y) if (residual or self.expand) else y
 
   def dense_equivalent(self, in_features: int) -> DenseConv:
     _check_in_features(type(self).__name__, in_features)
-    return self.dense(self.features, self.kernel_size, self.strides, self.dilation)
+    return self.dense_conv(self.features, self.kernel_size, self.strides, self.dilation)
 
 
 class DepthwiseSeparable(Block):
@@ -244,12 +244,12 @@ class DepthwiseSeparable(Block):
     y = self.conv_norm_act(y, _pw(self.features), name="pointwise",
                            train=train, act=not self.residual, last=True)
     if self.residual:
-      y = self.activate(y + self.shortcut(x, self.features, strides, train=train))
+      y = self.activate(y + self.shortcut_branch(x, self.features, strides, train=train))
     return y
 
   def dense_equivalent(self, in_features: int) -> DenseConv:
     _check_in_features(type(self).__name__, in_features)
-    return self.dense(self.features, self.kernel_size, self.strides, self.dilation)
+    return self.dense_conv(self.features, self.kernel_size, self.strides, self.dilation)
 
 
 class SqueezeExcite(nn.Module):
@@ -362,12 +362,12 @@ class InvertedResidual(Block):
                            train=train, act=False, last=True)
     residual = (strides == (1, 1) and cin == self.features) if self.residual is None else self.residual
     if residual:
-      y = y + self.shortcut(x, self.features, strides, train=train)
+      y = y + self.shortcut_branch(x, self.features, strides, train=train)
     return y
 
   def dense_equivalent(self, in_features: int) -> DenseConv:
     _check_in_features(type(self).__name__, in_features)
-    return self.dense(self.features, self.kernel_size, self.strides, self.dilation)
+    return self.dense_conv(self.features, self.kernel_size, self.strides, self.dilation)
 
 
 class InceptionModule(Block):
@@ -454,12 +454,12 @@ class FireModule(Block):
                             act=act, last=True)
     y = jnp.concatenate([e1, e3], axis=-1)
     if self.residual:
-      y = self.activate(y + self.shortcut(x, y.shape[-1], (1, 1), train=train))
+      y = self.activate(y + self.shortcut_branch(x, y.shape[-1], (1, 1), train=train))
     return y
 
   def dense_equivalent(self, in_features: int) -> DenseConv:
     _check_in_features(type(self).__name__, in_features)
-    return self.dense(self.expand1x1 + self.expand3x3, (3, 3))
+    return self.dense_conv(self.expand1x1 + self.expand3x3, (3, 3))
 
 
 class ShuffleUnit(Block):
@@ -526,11 +526,11 @@ class ShuffleUnit(Block):
     if downsample:
       pooled = nn.avg_pool(x, (3, 3), strides=(2, 2), padding="SAME", count_include_pad=False)
       return self.activate(jnp.concatenate([y, pooled.astype(y.dtype)], axis=-1))
-    return self.activate(y + self.shortcut(x, out, strides, train=train))
+    return self.activate(y + self.shortcut_branch(x, out, strides, train=train))
 
   def dense_equivalent(self, in_features: int) -> DenseConv:
     _check_in_features(type(self).__name__, in_features)
-    return self.dense(self.features, (3, 3), self.strides)
+    return self.dense_conv(self.features, (3, 3), self.strides)
 
 
 class MLPConv(Block):
@@ -571,4 +571,4 @@ class MLPConv(Block):
 
   def dense_equivalent(self, in_features: int) -> DenseConv:
     _check_in_features(type(self).__name__, in_features)
-    return self.dense(self.features, self.kernel_size, self.strides)
+    return self.dense_conv(self.features, self.kernel_size, self.strides)
