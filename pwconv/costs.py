@@ -354,16 +354,31 @@ _PASS_THROUGH = ("convert_element_type", "reshape", "transpose", "squeeze", "exp
 
 
 def _weight_inputs(jaxpr: jax_core.Jaxpr) -> list[jax_core.Var]:
-  """The function inputs that reach a conv/dot as its right-hand operand through reshapes/casts."""
-  source: dict[Any, Any] = {v: v for v in jaxpr.invars}
+  """The function inputs that reach a conv/dot as its right-hand operand through reshapes/casts,
+  also inside jit, scan, cond and custom-derivative calls."""
   found: dict[Any, None] = {}
+  _trace_weights(jaxpr, {v: v for v in jaxpr.invars}, found)
+  return list(found)
+
+
+def _trace_weights(jaxpr: jax_core.Jaxpr, source: dict[Any, Any], found: dict[Any, None]) -> None:
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
-    if name in _PASS_THROUGH and eqn.invars and eqn.invars[0] in source:
-      source[eqn.outvars[0]] = source[eqn.invars[0]]
-    elif name in _COUNTED and eqn.invars[1] in source:
-      found[source[eqn.invars[1]]] = None
-  return list(found)
+    operands = [v for v in eqn.invars if isinstance(v, jax_core.Var)]
+    if name in _PASS_THROUGH and operands and operands[0] in source:
+      source[eqn.outvars[0]] = source[operands[0]]
+    elif name in _COUNTED:
+      if isinstance(eqn.invars[1], jax_core.Var) and eqn.invars[1] in source:
+        found[source[eqn.invars[1]]] = None
+    else:
+      for sub in jax_core.jaxprs_in_params(eqn.params):
+        # Calls pass their operands to the inner jaxpr's inputs in order (cond drops its index).
+        if len(sub.invars) > len(eqn.invars):
+          continue
+        outer = eqn.invars[len(eqn.invars) - len(sub.invars):]
+        inner = {i: source[o] for i, o in zip(sub.invars, outer)
+                 if isinstance(o, jax_core.Var) and o in source}
+        _trace_weights(sub, inner, found)
 
 
 def _ratio(dense: float, block: float) -> float:
