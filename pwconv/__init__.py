@@ -4,7 +4,9 @@ The public API (re-exports only); see DESIGN.md for the contract.
 """
 
 from pwconv import kernels
+from pwconv import models
 from pwconv import ops
+from pwconv import timing
 from pwconv.blocks import (Block, Bottleneck, DenseConv, DepthwiseSeparable, FireModule, Identity,
                            InceptionModule, InvertedResidual, MLPConv, ShuffleUnit, SqueezeExcite,
                            batch_norm)
@@ -16,5 +18,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Block", "Bottleneck", "DenseConv", "DepthwiseConv", "DepthwiseSeparable", "FireModule", "Identity",
     "InceptionModule", "InvertedResidual", "LayerCost", "MLPConv", "PointwiseConv", "Profile",
-    "Savings", "ShuffleUnit", "SqueezeExcite", "batch_norm", "kernels", "ops", "profile", "savings",
+    "Savings", "ShuffleUnit", "SqueezeExcite", "batch_norm", "kernels", "models", "ops", "profile",
+    "savings", "timing",
 ]

@@ -184,7 +184,7 @@ class Bottleneck(Block):
                            name="reduce", train=train)
     mid = self.reduced_features if self.expand else self.features
     y = self.conv_norm_act(y, _conv(mid, self.kernel_size, strides, self.dilation), name="conv",
-                           train=train, act=not (residual or self.expand), last=not self.expand)
+                           train=train, act=self.expand or not residual, last=not self.expand)
     if self.expand:
       y = self.conv_norm_act(y, _pw(self.features), name="expand",
                              train=train, act=False, last=True)

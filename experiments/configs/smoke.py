@@ -1,0 +1,23 @@
+"""Seconds-long run of every variant on synthetic data, for tests and for checking a set-up."""
+
+import ml_collections
+
+from experiments.configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = default.get_config()
+  config.dataset = "synthetic"
+  config.synthetic = ml_collections.ConfigDict(dict(shape=(8, 8, 1), sizes=(256, 64),
+                                                    num_classes=4))
+  config.model.width = 8
+  config.model.depth = 1
+  config.batch_size = 16
+  config.eval_batch_size = 32
+  config.num_steps = 8
+  config.optimizer.warmup_steps = 2
+  config.log_every_steps = 2
+  config.eval_every_steps = 4
+  config.checkpoint_every_steps = 4
+  config.timing_repeats = 2
+  return config

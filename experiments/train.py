@@ -1,0 +1,497 @@
+"""Trains the configured variants side by side and reports accuracy against savings.
+
+:func:`train_and_evaluate` is everything ``python -m experiments.run`` does, callable from a notebook:
+config -> data -> one SmallNet per variant -> jitted, data-parallel train steps -> eval -> checkpoints ->
+report. Each variant is trained in turn with the same data order, schedule and seed, so only the block
+differs. Runs resume: a rerun with the same workdir restores each variant's latest checkpoint (the data
+order is a function of the step, so it resumes too) and skips variants already finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import pwconv
+from experiments import data as data_lib
+from experiments import report
+from experiments.config_check import check_config, config_fingerprint
+from pwconv import models
+from pwconv import timing
+
+
+class TrainState(train_state.TrainState):
+  """Params, optimizer state and BatchNorm statistics, plus the step and a non-finite flag.
+
+  ``nonfinite`` becomes True at the first step whose loss or gradients are not finite; from then on
+  updates are skipped, so the state stays the last good one.
+  """
+  batch_stats: Any
+  nonfinite: jax.Array
+
+
+@dataclasses.dataclass
+class Trained:
+  """A variant after training: its final state, its jitted steps and its final metrics."""
+  state: TrainState
+  train_step: Any
+  eval_step: Any
+  result: dict[str, Any]
+
+
+class Preempted(Exception):
+  """Raised inside the training loop when SIGTERM asked the run to stop."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Entry point.
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains every variant in ``config.variants`` and writes the report to ``workdir``.
+
+  Args:
+    config: see ``experiments/configs/default.py`` for every key; checked before anything compiles.
+    workdir: where config.json, metrics.jsonl, tensorboard/, checkpoints/ and the savings report go.
+
+  Returns:
+    ``{"rows": [per-variant savings row], "preempted": bool, "workdir": str}``. Rows hold params, MACs,
+    ratios vs the baseline, measured train-step and inference times and speedups, and test accuracy.
+  """
+  check_config(config)
+  quiet_orbax()
+  distributed_init(config)
+  dataset = data_lib.load_dataset(
+      config.dataset, data_dir=config.data_dir or None, seed=config.seed,
+      synthetic_shape=tuple(config.synthetic.shape), synthetic_sizes=tuple(config.synthetic.sizes),
+      num_classes=config.synthetic.num_classes, max_train=config.max_train or None,
+      max_test=config.max_test or None)
+  if dataset.num_train < config.batch_size:
+    raise ValueError(f"config.batch_size ({config.batch_size}) exceeds the {dataset.num_train} "
+                     f"training examples of {config.dataset!r}")
+  mesh = make_mesh(config)
+  variants = {name: build_model(config, name, dataset.num_classes) for name in config.variants}
+  writer = report.Writer(workdir, config, is_writer=jax.process_index() == 0)
+  writer.check_resumable(config_fingerprint(config))
+  logging.info("pwconv run: %d variants on %s x %d (%d processes), %s, %d train / %d test examples "
+               "%s, global batch %d, %d steps", len(variants), jax.devices()[0].platform,
+               mesh.size, jax.process_count(), config.dataset, dataset.num_train, dataset.num_test,
+               dataset.image_shape, config.batch_size, config.num_steps)
+  pipeline = Pipeline(dataset, config, mesh)
+  trained: dict[str, Trained] = {}
+  with stop_on_sigterm() as stop:
+    for name, model in variants.items():
+      try:
+        trained[name] = train_variant(name, model, config, pipeline, mesh, writer, stop)
+      except Preempted as e:
+        logging.warning("%s", e)
+        writer.close()
+        return {"rows": [], "preempted": True, "workdir": workdir, "message": str(e)}
+  # Measured after every variant has trained, in this one process, so the times compare.
+  times = {name: measure_time(t, pipeline, config.timing_repeats) for name, t in trained.items()}
+  rows = report.savings_rows(
+      config, {name: profile_model(model, dataset.image_shape) for name, model in variants.items()},
+      times, {name: t.result for name, t in trained.items()})
+  writer.write_savings(rows)
+  writer.close()
+  return {"rows": rows, "preempted": False, "workdir": workdir}
+
+
+def quiet_orbax() -> None:
+  """Drops orbax's INFO lines (a dozen per checkpoint) from absl's log; warnings still show."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _OrbaxInfoFilter) for f in handler.filters):
+    handler.addFilter(_OrbaxInfoFilter())
+
+
+class _OrbaxInfoFilter:
+
+  def filter(self, record) -> bool:
+    return record.levelno > logging.converter.STANDARD_INFO or "orbax" not in record.pathname
+
+
+def distributed_init(config: ml_collections.ConfigDict) -> None:
+  """Starts JAX's multi-controller runtime when the config asks for it or a cluster is detected.
+
+  ``config.distributed.initialize``: "never"; "always" (with ``coordinator_address``,
+  ``num_processes`` and ``process_id`` from the config, or found by ``jax.distributed`` itself on TPU
+  pods and SLURM); "auto" (the default): only when the environment is a known cluster (a Cloud TPU
+  pod slice with several workers, or a SLURM job with several tasks).
+  """
+  if jax.distributed.is_initialized():
+    return
+  mode = config.distributed.initialize
+  if mode == "never" or (mode == "auto" and not _in_cluster()):
+    return
+  kwargs = {}
+  if config.distributed.coordinator_address:
+    kwargs = dict(coordinator_address=config.distributed.coordinator_address,
+                  num_processes=config.distributed.num_processes,
+                  process_id=config.distributed.process_id)
+  if config.distributed.cpu_collectives:
+    jax.config.update("jax_cpu_collectives_implementation", config.distributed.cpu_collectives)
+  jax.distributed.initialize(**kwargs)
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count())
+
+
+def _in_cluster() -> bool:
+  tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  if len([h for h in tpu_hosts.split(",") if h]) > 1:
+    return True
+  return int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model, optimizer, mesh.
+
+ACTIVATIONS = {"relu": nn.relu, "relu6": jax.nn.relu6, "swish": nn.swish, "gelu": nn.gelu}
+NORMS = {"batch": pwconv.batch_norm, "layer": nn.LayerNorm, "none": None}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_model(config: ml_collections.ConfigDict, variant: str, num_classes: int) -> nn.Module:
+  """The SmallNet of one variant; only ``block`` differs between variants."""
+  m = config.model
+  return models.SmallNet(
+      block=variant, num_classes=num_classes, width=m.width, stages=m.stages, depth=m.depth,
+      kernel_size=(m.kernel_size, m.kernel_size), reduction=m.reduction, expansion=m.expansion,
+      groups=m.groups, pointwise_layers=m.pointwise_layers, impl=m.impl, norm=NORMS[m.norm],
+      act=ACTIVATIONS[m.act], dtype=DTYPES[config.dtype])
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """SGD with momentum or AdamW, linear warmup then cosine decay, weight decay on kernels only."""
+  o = config.optimizer
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=o.learning_rate, warmup_steps=o.warmup_steps,
+      decay_steps=config.num_steps, end_value=o.learning_rate * o.final_lr_fraction)
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  if o.name == "sgd":
+    return optax.chain(optax.add_decayed_weights(o.weight_decay, mask=decay_mask),
+                       optax.sgd(schedule, momentum=o.momentum, nesterov=o.nesterov))
+  return optax.adamw(schedule, b1=o.momentum, weight_decay=o.weight_decay, mask=decay_mask)
+
+
+def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
+  """A 1-D ``data`` mesh over every device (or the first ``config.num_devices`` on one process)."""
+  devices = jax.devices()
+  if config.num_devices:
+    if jax.process_count() > 1:
+      raise ValueError("config.num_devices must be 0 (all devices) in a multi-process run")
+    if config.num_devices > len(devices):
+      raise ValueError(f"config.num_devices is {config.num_devices} but only {len(devices)} devices "
+                       "exist")
+    devices = devices[:config.num_devices]
+  for key in ("batch_size", "eval_batch_size"):
+    if config[key] % len(devices):
+      raise ValueError(f"config.{key} ({config[key]}) must be divisible by the {len(devices)} devices "
+                       "of the data mesh")
+  return Mesh(np.asarray(devices), ("data",))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data.
+
+
+class Pipeline:
+  """Global batches for any step, sharded over the mesh; each process loads only its own part.
+
+  The examples of step ``s`` are ``data.batch_indices(N, batch, seed=seed, step=s)``, so a resumed run
+  sees the same batches as an uninterrupted one. Images are standardised by the training set's
+  per-channel mean and std; ``config.augment`` adds a random crop (pad 4) and horizontal flip drawn
+  from (seed, step).
+  """
+
+  def __init__(self, dataset: data_lib.Dataset, config: ml_collections.ConfigDict, mesh: Mesh):
+    self.dataset = dataset
+    self.config = config
+    self.sharding = NamedSharding(mesh, P("data"))
+    self.mean = dataset.train_images.mean(axis=(0, 1, 2))
+    self.std = dataset.train_images.std(axis=(0, 1, 2)) + 1e-6
+    n_proc, index = jax.process_count(), jax.process_index()
+    self.local = slice(index * config.batch_size // n_proc, (index + 1) * config.batch_size // n_proc)
+    self.eval_batch = config.eval_batch_size
+
+  def standardise(self, images: np.ndarray) -> np.ndarray:
+    return ((images - self.mean) / self.std).astype(np.float32)
+
+  def global_array(self, local: np.ndarray, global_batch: int) -> jax.Array:
+    return jax.make_array_from_process_local_data(self.sharding, local,
+                                                  (global_batch, *local.shape[1:]))
+
+  def train_batch(self, step: int) -> tuple[jax.Array, jax.Array]:
+    cfg = self.config
+    idx = data_lib.batch_indices(self.dataset.num_train, cfg.batch_size, seed=cfg.seed,
+                                 step=step)[self.local]
+    images = self.dataset.train_images[idx]
+    if cfg.augment:
+      images = augment(images, np.random.default_rng([cfg.seed, step, jax.process_index(), 1]))
+    return (self.global_array(self.standardise(images), cfg.batch_size),
+            self.global_array(self.dataset.train_labels[idx], cfg.batch_size))
+
+  def eval_batches(self) -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
+    """The whole test set in global batches; the last is padded and masked."""
+    n = self.dataset.num_test
+    n_proc, index = jax.process_count(), jax.process_index()
+    per_process = self.eval_batch // n_proc
+    for start in range(0, n, self.eval_batch):
+      idx = np.arange(start + index * per_process, start + (index + 1) * per_process)
+      mask = idx < n
+      idx = np.where(mask, idx, 0)
+      yield (self.global_array(self.standardise(self.dataset.test_images[idx]), self.eval_batch),
+             self.global_array(self.dataset.test_labels[idx], self.eval_batch),
+             self.global_array(mask.astype(np.float32), self.eval_batch))
+
+
+def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Random crop after 4-pixel zero padding, and random horizontal flip, per image."""
+  n, h, w, _ = images.shape
+  padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
+  dy, dx = rng.integers(0, 9, size=n), rng.integers(0, 9, size=n)
+  rows = dy[:, None] + np.arange(h)[None]
+  cols = dx[:, None] + np.arange(w)[None]
+  out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+  flip = rng.random(n) < 0.5
+  out[flip] = out[flip, :, ::-1]
+  return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Steps.
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, ...],
+               seed: int) -> TrainState:
+  variables = model.init(jax.random.key(seed), jnp.zeros((1, *image_shape), jnp.float32))
+  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                           batch_stats=variables.get("batch_stats", {}),
+                           nonfinite=jnp.zeros((), bool))
+
+
+def train_step(state: TrainState, images: jax.Array, labels: jax.Array
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SGD/AdamW step on a global batch; BatchNorm uses (global) batch statistics."""
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images,
+                                     train=True, mutable=["batch_stats"])
+    logits = logits.astype(jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, (logits, updates.get("batch_stats", state.batch_stats))
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+  new = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  keep = finite & ~state.nonfinite
+  state = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, state)
+  state = state.replace(nonfinite=state.nonfinite | ~finite)
+  metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+             "finite": finite}
+  return state, metrics
+
+
+def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array
+              ) -> dict[str, jax.Array]:
+  logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, images,
+                          train=False).astype(jnp.float32)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return {"loss_sum": jnp.sum(loss * mask),
+          "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+          "count": jnp.sum(mask)}
+
+
+def evaluate(state: TrainState, pipeline: Pipeline, eval_fn) -> dict[str, float]:
+  totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+  for images, labels, mask in pipeline.eval_batches():
+    out = jax.device_get(eval_fn(state, images, labels, mask))
+    totals = {k: totals[k] + float(out[k]) for k in totals}
+  return {"loss": totals["loss_sum"] / totals["count"],
+          "accuracy": totals["correct"] / totals["count"]}
+
+
+# ---------------------------------------------------------------------------------------------------
+# One variant.
+
+
+def train_variant(name: str, model: nn.Module, config: ml_collections.ConfigDict,
+                  pipeline: Pipeline, mesh: Mesh, writer: report.Writer, stop: threading.Event
+                  ) -> Trained:
+  """Trains (or resumes, or just re-evaluates) one variant."""
+  replicated = NamedSharding(mesh, P())
+  data = pipeline.sharding
+  tx = make_optimizer(config)
+  init = jax.jit(functools.partial(init_state, model, tx, pipeline.dataset.image_shape),
+                 static_argnums=0, out_shardings=replicated)
+  state = init(config.seed)
+  p_train = jax.jit(train_step, in_shardings=(replicated, data, data),
+                    out_shardings=(replicated, replicated), donate_argnums=0)
+  p_eval = jax.jit(eval_step, in_shardings=(replicated, data, data, data), out_shardings=replicated)
+  manager = checkpoint_manager(writer.workdir, name, config)
+  start = 0
+  latest = manager.latest_step()
+  if latest is not None:
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+    start = int(state.step)
+    logging.info("[%s] resuming from the checkpoint at step %d", name, start)
+  writer.start_variant(name, start)
+  total = config.num_steps
+  status, message = "finished", ""
+  pending: list[tuple[int, dict[str, jax.Array]]] = []
+  tick, tick_step = time.perf_counter(), start
+  t_start = time.perf_counter()
+
+  def flush(step: int) -> bool:
+    """Writes the pending train metrics; False (and the variant stops) at a non-finite loss."""
+    nonlocal pending, tick, tick_step, status, message
+    if not pending:
+      return True
+    steps = [s for s, _ in pending]
+    fetched = jax.device_get([m for _, m in pending])
+    pending = []
+    bad = next((i for i, m in enumerate(fetched) if not m["finite"]), None)
+    good = fetched if bad is None else fetched[:bad]
+    if good:
+      means = {k: float(np.mean([m[k] for m in good])) for k in ("loss", "accuracy")}
+      logged = step if bad is None else steps[bad]
+      writer.write(name, logged, "train", means)
+      now = time.perf_counter()
+      rate = (logged - tick_step) / max(now - tick, 1e-9)
+      eta = (total - logged) / rate if rate > 0 else float("inf")
+      logging.info("[%s] step %d/%d  loss %.4f  acc %.3f  %.1f steps/s  ETA %s", name, logged, total,
+                   means["loss"], means["accuracy"], rate, _duration(eta))
+      tick, tick_step = now, logged
+    if bad is None:
+      return True
+    last = manager.latest_step()
+    status = "diverged"
+    message = (f"[{name}] the loss is not finite at step {steps[bad] + 1} (loss "
+               f"{fetched[bad]['loss']}); this variant stops here. Its last good checkpoint is "
+               + (f"step {last}" if last is not None else "none (none was saved before)")
+               + f", in {manager.directory}.")
+    logging.error("%s", message)
+    return False
+
+  for step in range(start, total):
+    if stop.is_set():
+      flush(step)
+      _save(manager, step, state)
+      raise Preempted(f"[{name}] SIGTERM: saved a checkpoint at step {step} in "
+                      f"{manager.directory}; rerun with the same --workdir to resume")
+    images, labels = pipeline.train_batch(step)
+    state, metrics = p_train(state, images, labels)
+    pending.append((step, metrics))
+    done = step + 1
+    boundary = {"log": done % config.log_every_steps == 0, "eval": done % config.eval_every_steps == 0,
+                "ckpt": done % config.checkpoint_every_steps == 0, "last": done == total}
+    if any(boundary.values()) and not flush(done):
+      break
+    if boundary["eval"] and not boundary["last"]:
+      writer.write(name, done, "test", evaluate(state, pipeline, p_eval))
+    if boundary["ckpt"] or boundary["last"]:
+      _save(manager, done, state)
+    if config.stop_after_steps and done >= config.stop_after_steps and not boundary["last"]:
+      _save(manager, done, state)
+      raise Preempted(f"[{name}] stopped after step {done} (config.stop_after_steps); rerun with the "
+                      "same --workdir to resume")
+  manager.wait_until_finished()
+  final = evaluate(state, pipeline, p_eval)
+  writer.write(name, int(state.step), "test", final)
+  if status == "finished":
+    logging.info("[%s] done: test accuracy %.4f, loss %.4f (%s)", name, final["accuracy"],
+                 final["loss"], _duration(time.perf_counter() - t_start))
+  return Trained(state, p_train, p_eval,
+                 {"test_accuracy": final["accuracy"], "test_loss": final["loss"],
+                  "steps": int(state.step), "status": status, "message": message})
+
+
+def checkpoint_manager(workdir: str, name: str, config: ml_collections.ConfigDict
+                       ) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.checkpoints_to_keep, create=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints", name),
+                               options=options)
+
+
+def _save(manager: ocp.CheckpointManager, step: int, state: TrainState) -> None:
+  if manager.latest_step() != step:
+    manager.save(step, args=ocp.args.StandardSave(state))
+  manager.wait_until_finished()
+
+
+def _duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  minutes, secs = divmod(int(round(seconds)), 60)
+  return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+# ---------------------------------------------------------------------------------------------------
+# SIGTERM.
+
+
+class stop_on_sigterm:
+  """Within this context, SIGTERM sets an event the training loop checks each step.
+
+  The loop then saves a checkpoint and returns; the process exits 0. Outside the main thread (where
+  signal handlers cannot be installed) the event exists but nothing sets it.
+  """
+
+  def __enter__(self) -> threading.Event:
+    self.event = threading.Event()
+    self.previous = None
+    if threading.current_thread() is threading.main_thread():
+      self.previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+    return self.event
+
+  def __exit__(self, *exc: Any) -> None:
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Costs and measured time, for the report.
+
+
+def profile_model(model: nn.Module, image_shape: tuple[int, ...]) -> pwconv.Profile:
+  return pwconv.profile(model, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+
+
+def measure_time(trained: Trained, pipeline: Pipeline, repeats: int) -> dict[str, float]:
+  """Median seconds of one train step on a global batch and of inference on an eval batch.
+
+  Times the very executables training compiled (nothing is recompiled); train steps are chained,
+  each taking the state the previous one returned, as in training.
+  """
+  images, labels = pipeline.train_batch(0)
+  state = jax.tree.map(jnp.copy, trained.state)  # the train step donates its input state
+
+  def train_call():
+    nonlocal state
+    state, metrics = trained.train_step(state, images, labels)
+    return metrics
+
+  eval_batch = next(pipeline.eval_batches())
+  train_t = timing.time_calls(train_call, repeats=repeats)
+  infer_t = timing.time_calls(lambda: trained.eval_step(trained.state, *eval_batch), repeats=repeats)
+  return {"train_step_s": train_t.median_s, "inference_s": infer_t.median_s}
