@@ -14,6 +14,7 @@ Only process 0 writes (``is_writer``); other processes run the same code and wri
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -85,7 +86,8 @@ class Writer:
     if not self.is_writer:
       return
     with open(self.metrics_path, "a") as f:
-      f.write(json.dumps({"variant": variant, "step": step, "split": split, **metrics}) + "\n")
+      f.write(json.dumps(_finite({"variant": variant, "step": step, "split": split, **metrics}))
+              + "\n")
     tb = self._tensorboard.get(variant)
     if tb is not None:
       for key, value in metrics.items():
@@ -97,7 +99,8 @@ class Writer:
     table = savings_table(rows, self.config)
     if self.is_writer:
       _write_atomic(os.path.join(self.workdir, "savings.json"),
-                    json.dumps({"baseline": self.config.baseline, "rows": list(rows)}, indent=2))
+                    json.dumps(_finite({"baseline": self.config.baseline, "rows": list(rows)}),
+                               indent=2))
       _write_atomic(os.path.join(self.workdir, "savings.md"), table + "\n")
       plot_savings(rows, os.path.join(self.workdir, "savings.png"), self.config.baseline)
       print(table, flush=True)
@@ -172,6 +175,17 @@ def plot_savings(rows: Sequence[Mapping[str, Any]], path: str, baseline: str) ->
   axes[1].set_title("accuracy against measured time")
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def _finite(value: Any) -> Any:
+  """NaN and infinities become None, so the JSON written is strict JSON."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _finite(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite(v) for v in value]
+  return value
 
 
 def _write_atomic(path: str, text: str) -> None:

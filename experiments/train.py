@@ -301,7 +301,8 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array
     return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+  finite = jnp.isfinite(loss) & jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g))
+                                                     for g in jax.tree.leaves(grads)]))
   new = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   keep = finite & ~state.nonfinite
   state = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, state)

@@ -1,0 +1,185 @@
+"""The experiment runner end to end, in process: files, savings rows, sharding, resume, NaN, errors."""
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+import pwconv
+from experiments import train
+from experiments.configs import smoke
+
+
+def _config(**overrides) -> ml_collections.ConfigDict:
+  config = smoke.get_config()
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def _metrics(workdir, split=None):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return [r for r in rows if split is None or r["split"] == split]
+
+
+# Two variants (one with depthwise convs) keep the runs that only test the loop short.
+TWO = ("dense", "separable")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """An uninterrupted 1-device run the sharding and resume tests compare against."""
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  result = train.train_and_evaluate(_config(variants=TWO, num_devices=1), workdir)
+  return workdir, result
+
+
+@pytest.mark.slow
+def test_smoke_end_to_end(tmp_path):
+  config = _config(num_devices=1)
+  workdir = str(tmp_path / "run")
+  result = train.train_and_evaluate(config, workdir)
+  assert not result["preempted"]
+  for name in ("config.json", "metrics.jsonl", "savings.json", "savings.md", "savings.png"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  with open(os.path.join(workdir, "savings.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  saved = json.load(open(os.path.join(workdir, "savings.json")))
+  rows = {r["variant"]: r for r in saved["rows"]}
+  assert list(rows) == list(config.variants)
+  dataset_shape = tuple(config.synthetic.shape)
+  for name, row in rows.items():
+    model = train.build_model(config, name, config.synthetic.num_classes)
+    p = pwconv.profile(model, jax.ShapeDtypeStruct((1, *dataset_shape), np.float32))
+    assert (row["params"], row["macs"]) == (p.params, p.macs), name
+    assert row["macs_ratio"] == pytest.approx(rows["dense"]["macs"] / p.macs)
+    assert row["params_ratio"] == pytest.approx(rows["dense"]["params"] / p.params)
+    assert row["train_step_ms"] > 0 and row["inference_ms"] > 0
+    assert row["train_speedup"] == pytest.approx(rows["dense"]["train_step_ms"] / row["train_step_ms"])
+    assert 0 <= row["test_accuracy"] <= 1
+    assert row["accuracy_delta_pp"] == pytest.approx(
+        100 * (row["test_accuracy"] - rows["dense"]["test_accuracy"]))
+    assert row["status"] == "finished" and row["steps"] == config.num_steps
+  assert rows["separable"]["macs_ratio"] > 2  # the savings are real, and visible
+  md = open(os.path.join(workdir, "savings.md")).read()
+  assert all(f"| {name} |" in md for name in config.variants)
+  metrics = _metrics(workdir)
+  for name in config.variants:
+    steps = [r["step"] for r in metrics if r["variant"] == name and r["split"] == "train"]
+    assert steps == list(range(config.log_every_steps, config.num_steps + 1, config.log_every_steps))
+    final = [r for r in metrics if r["variant"] == name and r["split"] == "test"][-1]
+    assert final["step"] == config.num_steps
+    assert final["accuracy"] == pytest.approx(rows[name]["test_accuracy"])
+  events = os.listdir(os.path.join(workdir, "tensorboard"))
+  assert sorted(events) == sorted(config.variants)
+  recorded = json.load(open(os.path.join(workdir, "config.json")))
+  assert recorded["config"]["variants"] == list(config.variants)
+
+
+def test_sharded_over_8_devices_matches_1_device(reference, tmp_path):
+  assert jax.device_count() == 8
+  ref_dir, _ = reference
+  workdir = str(tmp_path / "sharded")
+  train.train_and_evaluate(_config(variants=TWO, num_devices=8), workdir)
+  ours, theirs = _metrics(workdir), _metrics(ref_dir)
+  assert [(r["variant"], r["step"], r["split"]) for r in ours] == \
+         [(r["variant"], r["step"], r["split"]) for r in theirs]
+  for a, b in zip(ours, theirs):
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5), (a, b)
+
+
+def test_same_seed_same_result(reference, tmp_path):
+  ref_dir, ref = reference
+  result = train.train_and_evaluate(_config(variants=TWO, num_devices=1), str(tmp_path / "again"))
+  assert [r["test_accuracy"] for r in result["rows"]] == [r["test_accuracy"] for r in ref["rows"]]
+  assert _metrics(str(tmp_path / "again")) == _metrics(ref_dir)
+
+
+def test_resume_matches_uninterrupted_run(reference, tmp_path):
+  ref_dir, ref = reference
+  workdir = str(tmp_path / "resumed")
+  config = _config(variants=TWO, num_devices=1)
+  # Stop inside the second variant, between checkpoints (every 4 steps): step 6 of 8.
+  first = train.train_and_evaluate(_config(variants=TWO, num_devices=1, stop_after_steps=6), workdir)
+  assert first["preempted"]
+  assert "stopped after step 6" in first["message"]
+  assert os.listdir(os.path.join(workdir, "checkpoints", "dense"))
+  second = train.train_and_evaluate(config, workdir)
+  assert not second["preempted"]
+  for a, b in zip(second["rows"], ref["rows"]):
+    assert a["variant"] == b["variant"]
+    assert a["test_accuracy"] == b["test_accuracy"]
+    assert a["test_loss"] == b["test_loss"]
+  # The log of the resumed run is the log of the uninterrupted one, line for line.
+  assert _metrics(workdir) == _metrics(ref_dir)
+
+
+def test_resume_refuses_a_different_config(reference, tmp_path):
+  ref_dir, _ = reference
+  with pytest.raises(ValueError, match=r"holds a run with a different config \(differs in: "
+                                       r"optimizer.learning_rate\)"):
+    train.train_and_evaluate(_config(variants=TWO, **{"optimizer.learning_rate": 0.5}), ref_dir)
+
+
+def test_non_finite_loss_stops_the_variant_and_keeps_the_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path / "nan")
+  config = _config(variants=("dense", "bottleneck"), num_steps=12, checkpoint_every_steps=1,
+                   log_every_steps=1, **{"optimizer.learning_rate": 1e8, "optimizer.warmup_steps": 6})
+  result = train.train_and_evaluate(config, workdir)
+  rows = {r["variant"]: r for r in result["rows"]}
+  for name, row in rows.items():
+    assert row["status"] == "diverged", row
+    last = row["steps"]  # updates stop at the first non-finite step: the state is the last good one
+    assert 1 <= last < 12
+    assert (f"the loss is not finite at step {last + 1} " in row["message"]
+            and f"Its last good checkpoint is step {last}," in row["message"]), row["message"]
+    saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints", name))
+                   if s.isdigit())
+    assert saved[-1] == last
+    train_rows = [r for r in _metrics(workdir, "train") if r["variant"] == name]
+    assert [r["step"] for r in train_rows] == list(range(1, last + 1))
+    assert all(np.isfinite(r["loss"]) for r in train_rows)
+  # Non-finite numbers are written as null: every line is strict JSON.
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c} in {line}"))
+  json.loads(open(os.path.join(workdir, "savings.json")).read(),
+             parse_constant=lambda c: pytest.fail(f"non-JSON constant {c} in savings.json"))
+  assert "the loss is not finite" in open(os.path.join(workdir, "savings.md")).read()
+
+
+@pytest.mark.parametrize("key, value, error, message", [
+    ("variants", ("dense", "resnet"), ValueError, "config.variants: unknown variant 'resnet'"),
+    ("variants", (), ValueError, "config.variants must be a non-empty list"),
+    ("baseline", "resnet", ValueError, "config.baseline 'resnet' must be one of config.variants"),
+    ("dataset", "imagenet", ValueError, "config.dataset must be one of"),
+    ("optimizer.name", "lamb", ValueError, "config.optimizer.name must be one of"),
+    ("batch_size", 0, ValueError, "config.batch_size must be >= 1, got 0"),
+    ("batch_size", 12, ValueError, r"config.batch_size \(12\) must be divisible by the 8 devices"),
+    ("batch_size", 1024, ValueError, r"config.batch_size \(1024\) exceeds the 256 training examples"),
+    ("num_steps", -5, ValueError, "config.num_steps must be >= 1, got -5"),
+    ("model.width", 0, ValueError, "config.model.width must be >= 1, got 0"),
+    ("model.width", 4, ValueError, "SmallNet: width must be >= 8 for block 'inception'"),
+    ("model.norm", "group", ValueError, "config.model.norm must be one of"),
+    ("dtype", "float16", ValueError, "config.dtype must be one of"),
+    ("optimizer.learning_rate", 0.0, ValueError, "config.optimizer.learning_rate must be > 0.0"),
+    ("optimizer.momentum", 1.5, ValueError, r"config.optimizer.momentum must be in \[0.0, 1.0\)"),
+    ("optimizer.warmup_steps", 8, ValueError, "config.optimizer.warmup_steps .8. must be smaller"),
+    ("dataset", "mnist", ValueError, "config.data_dir is required for dataset 'mnist'"),
+    ("model.expansion", 0, ValueError, "config.model.expansion must be >= 1, got 0"),
+    ("eval_batch_size", 20, ValueError, r"config.eval_batch_size \(20\) must be divisible by the 8"),
+])
+def test_bad_config(tmp_path, key, value, error, message):
+  workdir = tmp_path / "bad"
+  with pytest.raises(error, match=message):
+    train.train_and_evaluate(_config(**{key: value}), str(workdir))
+  # Nothing a later run could mistake for a good run is left behind.
+  assert not workdir.exists() or not any(workdir.iterdir())
