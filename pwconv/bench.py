@@ -1,0 +1,315 @@
+"""Realized savings: how much faster each 1x1 design really runs than what it stands in for.
+
+``python -m pwconv.bench`` times, for each case, a candidate (a block, or a fast implementation) and its
+baseline (the block's ``dense_equivalent``, or the ``lax`` reference), forward and forward+backward,
+compiled, warmed up, median of repeats, in one process. Per case it prints:
+
+- theory x: baseline MACs / candidate MACs (paper convention, :func:`pwconv.profile`);
+- fwd x, f+b x: measured speedup, baseline time / candidate time;
+- realized: speedup / theory, the share of the theoretical saving that shows up in time;
+- GFLOP/s, GB/s: what the candidate's forward achieved (2·MACs, and the bytes it must at least move:
+  input, output and parameters);
+- roofline: the forward's time bound from this device's peak FLOP/s and bandwidth, over the measured
+  time (100% is as fast as the device allows). Peaks come from a table of known devices; for any
+  other device (every CPU) they are measured first with a matmul and a copy probe.
+
+Flags: ``--quick`` (a CPU-sized suite, under 2 minutes on 2 cores), ``--json PATH``, ``--impl a,b``
+(rerun the depthwise cases with each implementation), ``--torch`` (add PyTorch ``conv2d`` timings of
+the depthwise, pointwise and dense cases when torch is installed), ``--dtype``, ``--batch``,
+``--repeats``, ``--cases`` (substrings of case names).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app
+from absl import flags
+
+import pwconv
+from pwconv import blocks
+from pwconv import kernels
+from pwconv import timing
+
+# Peak dense matmul FLOP/s (bf16, f32) and memory bandwidth (bytes/s), from the vendors' data sheets.
+# Matched by substring of ``jax.devices()[0].device_kind``; the first match wins.
+DEVICE_PEAKS: tuple[tuple[str, float, float, float], ...] = (
+    ("H200", 989e12, 67e12, 4.8e12),
+    ("H100", 989e12, 67e12, 3.35e12),
+    ("A100", 312e12, 19.5e12, 2.0e12),
+    ("L4", 121e12, 30e12, 0.3e12),
+    ("T4", 65e12, 8.1e12, 0.32e12),
+    ("TPU v5p", 459e12, 459e12, 2.76e12),
+    ("TPU v5 lite", 197e12, 197e12, 0.82e12),
+    ("TPU v5e", 197e12, 197e12, 0.82e12),
+    ("TPU v4", 275e12, 275e12, 1.2e12),
+    ("TPU v3", 123e12, 123e12, 0.9e12),
+    ("TPU v2", 45e12, 45e12, 0.6e12),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Peaks:
+  """A device's compute and bandwidth ceilings and where they came from ("table" or "probe")."""
+  flops: float
+  bandwidth: float
+  source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One comparison: ``candidate`` against ``baseline``, both linen modules applied to ``shape``."""
+  name: str
+  candidate: nn.Module
+  baseline: nn.Module
+  shape: tuple[int, ...]
+  kind: str  # "block" (vs its dense equivalent) or "impl" (vs the lax reference)
+
+
+def device_peaks(dtype: Any, probe_size: int = 2048) -> Peaks:
+  """The current device's peaks: from :data:`DEVICE_PEAKS`, else measured by a matmul and a copy."""
+  kind = jax.devices()[0].device_kind
+  for key, bf16, f32, bandwidth in DEVICE_PEAKS:
+    if key.lower() in kind.lower():
+      return Peaks(bf16 if jnp.dtype(dtype) == jnp.bfloat16 else f32, bandwidth, "table")
+  a = jnp.ones((probe_size, probe_size), dtype)
+  matmul = timing.time_fn(lambda a: a @ a, a, repeats=10)
+  big = jnp.ones((256 * 2**20 // jnp.dtype(dtype).itemsize,), dtype)
+  copy = timing.time_fn(lambda x: x * 2, big, repeats=10)
+  # The fastest call is the best estimate of a ceiling.
+  return Peaks(2 * probe_size**3 / matmul.min_s, 2 * big.nbytes / copy.min_s, "probe")
+
+
+def suite(quick: bool, batch: int | None) -> list[Case]:
+  """The cases: the seed example, depthwise and pointwise ops, and each block family."""
+  n = batch or (8 if quick else 64)
+  cases = [
+      Case("seed bottleneck 5x5 28x28x128->64",
+           blocks.Bottleneck(64, 32, (5, 5), expand=False, residual=False),
+           blocks.DenseConv(64, (5, 5)), (n, 28, 28, 128), "block"),
+      Case("seed separable 5x5 28x28x128->64", blocks.DepthwiseSeparable(64, (5, 5)),
+           blocks.DenseConv(64, (5, 5)), (n, 28, 28, 128), "block"),
+  ]
+  for k in (3, 5):
+    cases.append(Case(f"depthwise {k}x{k} 56x56x128", pwconv.DepthwiseConv((k, k)),
+                      nn.Conv(128, (k, k), feature_group_count=128, use_bias=False),
+                      (n, 56, 56, 128), "impl"))
+  for c in ((64, 256) if quick else (64, 256, 1024)):
+    cases.append(Case(f"pointwise 1x1 28x28x{c}", pwconv.PointwiseConv(c),
+                      nn.Conv(c, (1, 1), use_bias=False), (n, 28, 28, c), "impl"))
+  families = [
+      ("bottleneck (ResNet) 56x56x256", blocks.Bottleneck(256, 64), (56, 56, 256)),
+      ("separable 3x3 28x28x256", blocks.DepthwiseSeparable(256), (28, 28, 256)),
+      ("inverted residual t=6 28x28x32", blocks.InvertedResidual(32, 6), (28, 28, 32)),
+      ("fire 56x56x96 (fire2)", blocks.FireModule(16, 64, 64), (56, 56, 96)),
+      ("inception 3a 28x28x192", blocks.InceptionModule(64, 96, 128, 16, 32, 32), (28, 28, 192)),
+      ("shuffle g=3 28x28x240", blocks.ShuffleUnit(240, groups=3), (28, 28, 240)),
+      ("mlpconv L=2 28x28x96", blocks.MLPConv(96, pointwise_layers=2), (28, 28, 96)),
+  ]
+  if quick:
+    families = families[1:3]
+  for name, block, shape in families:
+    cases.append(Case(name, block, block.dense_equivalent(shape[-1]), (n, *shape), "block"))
+  return cases
+
+
+def _has_field(module: nn.Module, name: str) -> bool:
+  return name in {f.name for f in dataclasses.fields(module)}
+
+
+def _forward(module: nn.Module, variables: Any) -> Callable[[jax.Array], jax.Array]:
+  kwargs = {"train": False} if isinstance(module, blocks.Block) else {}
+  return lambda x: module.apply(variables, x, **kwargs)
+
+
+def _forward_backward(module: nn.Module, variables: Any) -> Callable[[jax.Array], Any]:
+  """Gradients of a scalar loss w.r.t. params and input; BatchNorm in training mode."""
+  train = isinstance(module, blocks.Block)
+  rest = {k: v for k, v in variables.items() if k != "params"}
+
+  def loss(params, x):
+    if train:
+      y, _ = module.apply({"params": params, **rest}, x, train=True, mutable=["batch_stats"])
+    else:
+      y = module.apply({"params": params, **rest}, x)
+    return jnp.sum(y.astype(jnp.float32) ** 2)
+
+  return lambda x: jax.grad(loss, argnums=(0, 1))(variables["params"], x)
+
+
+def measure(case: Case, dtype: Any, repeats: int, peaks: Peaks) -> dict[str, Any]:
+  """Times one case and returns its row (see the module docstring for the columns)."""
+  x = jax.random.normal(jax.random.key(0), case.shape, dtype)
+  row: dict[str, Any] = {"case": case.name, "kind": case.kind, "shape": list(case.shape),
+                         "dtype": jnp.dtype(dtype).name}
+  for role, module in (("candidate", case.candidate), ("baseline", case.baseline)):
+    if _has_field(module, "dtype"):
+      module = module.clone(dtype=dtype)
+    variables = module.init(jax.random.key(1), x)
+    prof = pwconv.profile(module, jax.ShapeDtypeStruct(case.shape, dtype))
+    forward = _forward(module, variables)
+    out_elems = int(np.prod(jax.eval_shape(forward, x).shape))
+    fwd = timing.time_fn(forward, x, repeats=repeats)
+    fwd_bwd = timing.time_fn(_forward_backward(module, variables), x, repeats=repeats)
+    row[role] = {"module": type(module).__name__, "macs": prof.macs, "params": prof.params,
+                 "forward_s": fwd.median_s, "forward_backward_s": fwd_bwd.median_s,
+                 "compile_s": fwd.compile_s + fwd_bwd.compile_s, "output_elements": out_elems}
+  cand, base = row["candidate"], row["baseline"]
+  itemsize = jnp.dtype(dtype).itemsize
+  min_bytes = (int(np.prod(case.shape)) + cand["output_elements"] + cand["params"]) * itemsize
+  flops = 2 * cand["macs"] * case.shape[0]
+  theory = base["macs"] / cand["macs"]
+  fwd_x = base["forward_s"] / cand["forward_s"]
+  fb_x = base["forward_backward_s"] / cand["forward_backward_s"]
+  bound = max(flops / peaks.flops, min_bytes / peaks.bandwidth)
+  row.update(theory_ratio=theory, forward_speedup=fwd_x, forward_backward_speedup=fb_x,
+             forward_realized=fwd_x / theory, forward_backward_realized=fb_x / theory,
+             flops_per_s=flops / cand["forward_s"], bytes_per_s=min_bytes / cand["forward_s"],
+             roofline_fraction=bound / cand["forward_s"])
+  return row
+
+
+def torch_rows(cases: Sequence[Case], dtype: Any, repeats: int) -> list[dict[str, Any]]:
+  """PyTorch ``conv2d`` (channels-last) on the shapes of the depthwise, pointwise and dense cases."""
+  import time
+
+  import torch  # optional: only with --torch
+
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  tdtype = torch.bfloat16 if jnp.dtype(dtype) == jnp.bfloat16 else torch.float32
+  rows = []
+  for case in cases:
+    module = case.candidate if case.kind == "impl" else case.baseline
+    if isinstance(module, pwconv.DepthwiseConv):
+      k, groups, cout = module.kernel_size[0], case.shape[-1], case.shape[-1]
+    elif isinstance(module, pwconv.PointwiseConv):
+      k, groups, cout = 1, 1, module.features
+    elif isinstance(module, blocks.DenseConv):
+      k, groups, cout = module.kernel_size[0], 1, module.features
+    else:
+      continue
+    n, h, w, c = case.shape
+    x = torch.randn(n, c, h, w, device=device, dtype=tdtype).to(memory_format=torch.channels_last)
+    weight = torch.randn(cout, c // groups, k, k, device=device, dtype=tdtype, requires_grad=True)
+    x.requires_grad_(True)
+    conv = lambda: torch.nn.functional.conv2d(x, weight, padding=k // 2, groups=groups)
+
+    def timed(fn):
+      for _ in range(2):
+        fn()
+      times = []
+      for _ in range(repeats):
+        if device == "cuda":
+          torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+          torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+      return float(np.median(times))
+
+    with torch.no_grad():
+      fwd = timed(conv)
+    fwd_bwd = timed(lambda: torch.autograd.grad(conv().float().pow(2).sum(), (x, weight)))
+    rows.append({"case": case.name, "module": "candidate" if case.kind == "impl" else "baseline",
+                 "torch_op": f"conv2d {k}x{k} groups={groups}",
+                 "torch_forward_s": fwd, "torch_forward_backward_s": fwd_bwd})
+  return rows
+
+
+def table(rows: Sequence[dict[str, Any]], peaks: Peaks, header: str) -> str:
+  """The rows as an aligned text table."""
+  cols = ("case", "impl", "theory x", "fwd x", "realized", "f+b x", "realized", "GFLOP/s", "GB/s",
+          "roofline")
+  body = [(r["case"], r.get("impl", ""), f"{r['theory_ratio']:.2f}", f"{r['forward_speedup']:.2f}",
+           f"{100 * r['forward_realized']:.0f}%", f"{r['forward_backward_speedup']:.2f}",
+           f"{100 * r['forward_backward_realized']:.0f}%", f"{r['flops_per_s'] / 1e9:.1f}",
+           f"{r['bytes_per_s'] / 1e9:.1f}", f"{100 * r['roofline_fraction']:.1f}%") for r in rows]
+  widths = [max(len(str(x)) for x in col) for col in zip(cols, *body)]
+  lines = [header, f"peaks ({peaks.source}): {peaks.flops / 1e12:.2f} TFLOP/s, "
+           f"{peaks.bandwidth / 1e9:.0f} GB/s"]
+  for i, r in enumerate([cols, *body]):
+    lines.append("  ".join(str(c).ljust(w) if j < 2 else str(c).rjust(w)
+                           for j, (c, w) in enumerate(zip(r, widths))))
+    if i == 0:
+      lines.append("-" * len(lines[-1]))
+  return "\n".join(lines)
+
+
+def run(*, quick: bool = False, impls: Sequence[str] = ("auto",), dtype: str = "float32",
+        batch: int | None = None, repeats: int | None = None, cases: Sequence[str] = (),
+        with_torch: bool = False) -> dict[str, Any]:
+  """Runs the suite and returns ``{"device", "peaks", "rows", "torch"}``; what ``main`` prints."""
+  for impl in impls:
+    if impl not in kernels.names():
+      raise ValueError(f"bench: --impl must name implementations from {list(kernels.names())}, "
+                       f"got {impl!r}")
+  if dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"bench: --dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+  jdtype = jnp.dtype(dtype)
+  repeats = repeats or (5 if quick else 20)
+  selected = [c for c in suite(quick, batch) if not cases or any(s in c.name for s in cases)]
+  if not selected:
+    raise ValueError(f"bench: --cases {list(cases)} matches no case")
+  peaks = device_peaks(jdtype)
+  rows = []
+  for case in selected:
+    if not _has_field(case.candidate, "impl"):  # no depthwise conv inside: one row
+      rows.append(dict(measure(case, jdtype, repeats, peaks), impl="-"))
+      continue
+    for impl in impls:
+      row = measure(dataclasses.replace(case, candidate=case.candidate.clone(impl=impl)), jdtype,
+                    repeats, peaks)
+      rows.append(dict(row, impl=f"{impl}->{kernels.resolve(impl)}"))
+  return {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+          "jax": jax.__version__, "peaks": dataclasses.asdict(peaks), "rows": rows,
+          "torch": torch_rows(selected, jdtype, repeats) if with_torch else []}
+
+
+_QUICK = flags.DEFINE_bool("quick", False, "A CPU-sized suite (small batch, few cases and repeats).")
+_JSON = flags.DEFINE_string("json", "", "Also write the results to this JSON file.")
+_IMPL = flags.DEFINE_list("impl", ["auto"], "Depthwise implementations to compare.")
+_TORCH = flags.DEFINE_bool("torch", False, "Add PyTorch conv2d timings (needs torch installed).")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_BATCH = flags.DEFINE_integer("batch", None, "Batch size (default 8 with --quick, else 64).")
+_REPEATS = flags.DEFINE_integer("repeats", None, "Timed calls per measurement (median).")
+_CASES = flags.DEFINE_list("cases", [], "Only cases whose names contain one of these strings.")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _TORCH.value:
+    try:
+      import torch  # noqa: F401
+    except ImportError:
+      raise app.UsageError("--torch needs PyTorch installed (pip install torch); it is never a "
+                           "dependency of pwconv") from None
+  result = run(quick=_QUICK.value, impls=_IMPL.value, dtype=_DTYPE.value, batch=_BATCH.value,
+               repeats=_REPEATS.value, cases=_CASES.value, with_torch=_TORCH.value)
+  header = (f"pwconv.bench on {result['device']} ({result['backend']}, jax {result['jax']}), "
+            f"{_DTYPE.value}; x = baseline time / candidate time, medians in one process")
+  print(table(result["rows"], Peaks(**result["peaks"]), header))
+  ours = {r["case"]: r for r in result["rows"]}
+  for r in result["torch"]:
+    mine = ours[r["case"]][r["module"]]
+    print(f"torch {r['torch_op']} on {r['case']} ({r['module']}): fwd "
+          f"{1e3 * r['torch_forward_s']:.3f} ms vs pwconv {1e3 * mine['forward_s']:.3f} ms; f+b "
+          f"{1e3 * r['torch_forward_backward_s']:.3f} ms vs {1e3 * mine['forward_backward_s']:.3f} ms")
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(result, f, indent=2)
+  sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,74 @@
+"""pwconv.bench: the rows it computes, the table it prints, its flags and errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pwconv import bench
+from pwconv import blocks
+
+
+def test_seed_case_row():
+  result = bench.run(quick=True, cases=["seed bottleneck"], repeats=1, batch=2)
+  (row,) = result["rows"]
+  assert row["case"].startswith("seed bottleneck")
+  assert row["candidate"]["macs"] == 43_352_064
+  assert row["baseline"]["macs"] == 160_563_200
+  assert row["theory_ratio"] == pytest.approx(160_563_200 / 43_352_064)
+  assert row["forward_speedup"] == pytest.approx(
+      row["baseline"]["forward_s"] / row["candidate"]["forward_s"])
+  assert row["forward_realized"] == pytest.approx(row["forward_speedup"] / row["theory_ratio"])
+  assert row["flops_per_s"] == pytest.approx(2 * 43_352_064 * 2 / row["candidate"]["forward_s"])
+  assert row["candidate"]["output_elements"] == 2 * 28 * 28 * 64
+  assert 0 < row["roofline_fraction"]
+  assert result["peaks"]["source"] == "probe"  # a CPU is in no table
+  text = bench.table(result["rows"], bench.Peaks(**result["peaks"]), "header")
+  assert "seed bottleneck" in text and "3.70" in text
+
+
+def test_impls_give_one_row_each_for_depthwise_cases_only():
+  result = bench.run(quick=True, cases=["depthwise 3x3", "pointwise 1x1 28x28x64"],
+                     impls=["xla", "auto"], repeats=1, batch=1)
+  impls = [(r["case"], r["impl"]) for r in result["rows"]]
+  assert ("depthwise 3x3 56x56x128", "xla->xla") in impls
+  assert sum(1 for case, _ in impls if case.startswith("depthwise")) == 2
+  assert sum(1 for case, _ in impls if case.startswith("pointwise")) == 1
+  xla_row = next(r for r in result["rows"] if r["impl"] == "xla->xla")
+  assert xla_row["theory_ratio"] == 1.0  # the same op: only the implementation differs
+
+
+def test_suite_covers_every_block_family():
+  names = " ".join(c.name for c in bench.suite(quick=False, batch=None))
+  for family in ("seed bottleneck", "seed separable", "depthwise 3x3", "depthwise 5x5", "pointwise",
+                 "bottleneck (ResNet)", "separable 3x3", "inverted residual", "fire", "inception",
+                 "shuffle", "mlpconv"):
+    assert family in names
+  for case in bench.suite(quick=False, batch=None):
+    if case.kind == "block":
+      assert isinstance(case.candidate, (blocks.Block,))
+
+
+def test_bad_arguments():
+  with pytest.raises(ValueError, match="bench: --impl must name implementations"):
+    bench.run(quick=True, impls=["cudnn"])
+  with pytest.raises(ValueError, match="bench: --cases .'nothing'. matches no case"):
+    bench.run(quick=True, cases=["nothing"])
+  with pytest.raises(ValueError, match="bench: --dtype must be"):
+    bench.run(quick=True, dtype="float16")
+
+
+@pytest.mark.slow
+def test_command_line_writes_json(tmp_path):
+  out = tmp_path / "bench.json"
+  env = dict(os.environ, XLA_FLAGS="")
+  proc = subprocess.run(
+      [sys.executable, "-m", "pwconv.bench", "--quick", "--cases=seed separable", "--repeats=1",
+       "--batch=1", f"--json={out}"], capture_output=True, text=True, env=env, timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  assert "seed separable 5x5" in proc.stdout and "theory x" in proc.stdout
+  result = json.loads(out.read_text())
+  assert result["rows"][0]["theory_ratio"] == pytest.approx(
+      160_563_200 / (28 * 28 * 25 * 128 + 28 * 28 * 128 * 64))
