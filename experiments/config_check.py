@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from typing import Any
 
 import ml_collections
 
 from experiments import data as data_lib
+from experiments.configs import default
 from pwconv import kernels
 from pwconv import models
 
@@ -25,6 +27,13 @@ RESUMABLE_DIFFERENCES = ("stop_after_steps", "timing_repeats", "log_every_steps"
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError/TypeError naming the first bad key (``config.optimizer.name``, ...)."""
+  known = _flatten(default.get_config().to_dict())
+  for key in _flatten(config.to_dict()):
+    if key not in known:
+      close = difflib.get_close_matches(key, known, n=1)
+      hint = f"; did you mean config.{close[0]}?" if close else ""
+      raise ValueError(f"config.{key} is not a known key{hint} (experiments/configs/default.py "
+                       "lists them all)")
   _one_of(config, "dataset", data_lib.DATASETS)
   variants = _get(config, "variants")
   if isinstance(variants, str) or not variants:

@@ -49,6 +49,7 @@ class Writer:
     self.is_writer = is_writer
     self.metrics_path = os.path.join(workdir, "metrics.jsonl")
     self._tensorboard: dict[str, Any] = {}
+    self.logged: dict[str, set[tuple[str, int]]] = {}  # (split, step) rows in metrics.jsonl
 
   def check_resumable(self, fingerprint: dict[str, Any]) -> None:
     """Refuses a workdir that holds a run of another config; else records this config there."""
@@ -69,22 +70,28 @@ class Writer:
   def start_variant(self, variant: str, step: int) -> None:
     """Drops this variant's metrics logged after ``step`` (a resume re-logs them) and opens its
     TensorBoard run, purging events after ``step``."""
+    self.logged[variant] = set()
     if not self.is_writer:
       return
     if os.path.exists(self.metrics_path):
       with open(self.metrics_path) as f:
-        lines = [line for line in f if line.strip()]
-      kept = [line for line in lines
-              if not (json.loads(line)["variant"] == variant and json.loads(line)["step"] > step)]
+        lines = f.readlines()
+      kept = [line for line in lines if _keep(line, variant, step)]
       if len(kept) != len(lines):
         _write_atomic(self.metrics_path, "".join(kept))
+      for line in kept:
+        row = json.loads(line)
+        if row["variant"] == variant:
+          self.logged[variant].add((row["split"], row["step"]))
     from tensorboardX import SummaryWriter  # imported late: it is slow to import
     self._tensorboard[variant] = SummaryWriter(
         os.path.join(self.workdir, "tensorboard", variant), purge_step=step if step else None)
 
   def write(self, variant: str, step: int, split: str, metrics: Mapping[str, float]) -> None:
-    if not self.is_writer:
+    """Appends one row (once: a row a resumed run already has is not written again)."""
+    if not self.is_writer or (split, step) in self.logged.get(variant, ()):
       return
+    self.logged.setdefault(variant, set()).add((split, step))
     with open(self.metrics_path, "a") as f:
       f.write(json.dumps(_finite({"variant": variant, "step": step, "split": split, **metrics}))
               + "\n")
@@ -175,6 +182,16 @@ def plot_savings(rows: Sequence[Mapping[str, Any]], path: str, baseline: str) ->
   axes[1].set_title("accuracy against measured time")
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def _keep(line: str, variant: str, step: int) -> bool:
+  """Whether a metrics.jsonl line survives a resume of ``variant`` at ``step``. A line cut short by a
+  crash mid-write is not valid JSON and is dropped."""
+  try:
+    row = json.loads(line)
+  except json.JSONDecodeError:
+    return False
+  return not (row["variant"] == variant and row["step"] > step)
 
 
 def _finite(value: Any) -> Any:

@@ -29,6 +29,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 from flax.training import train_state
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import pwconv
@@ -40,13 +41,16 @@ from pwconv import timing
 
 
 class TrainState(train_state.TrainState):
-  """Params, optimizer state and BatchNorm statistics, plus the step and a non-finite flag.
+  """Params, optimizer state and BatchNorm statistics, plus what the log needs across restarts.
 
-  ``nonfinite`` becomes True at the first step whose loss or gradients are not finite; from then on
+  ``window`` holds the sums of the per-step loss and accuracy, and the step count, since the last
+  logged step; it is checkpointed with the rest, so a resumed run logs exactly what an uninterrupted
+  one logs. ``nonfinite_step`` is -1 until a step's loss or gradients are not finite; from then on
   updates are skipped, so the state stays the last good one.
   """
   batch_stats: Any
-  nonfinite: jax.Array
+  window: dict[str, jax.Array]
+  nonfinite_step: jax.Array
 
 
 @dataclasses.dataclass
@@ -285,13 +289,21 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, image_shape: 
                seed: int) -> TrainState:
   variables = model.init(jax.random.key(seed), jnp.zeros((1, *image_shape), jnp.float32))
   return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                           batch_stats=variables.get("batch_stats", {}),
-                           nonfinite=jnp.zeros((), bool))
+                           batch_stats=variables.get("batch_stats", {}), window=_empty_window(),
+                           nonfinite_step=jnp.asarray(-1, jnp.int32))
 
 
-def train_step(state: TrainState, images: jax.Array, labels: jax.Array
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD/AdamW step on a global batch; BatchNorm uses (global) batch statistics."""
+def _empty_window() -> dict[str, jax.Array]:
+  return {"loss": jnp.zeros((), jnp.float32), "accuracy": jnp.zeros((), jnp.float32),
+          "steps": jnp.zeros((), jnp.int32)}
+
+
+def train_step(state: TrainState, images: jax.Array, labels: jax.Array, new_window: jax.Array
+               ) -> TrainState:
+  """One SGD/AdamW step on a global batch; BatchNorm uses (global) batch statistics.
+
+  ``new_window`` (a bool scalar) starts a new logging window at this step.
+  """
 
   def loss_fn(params):
     logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images,
@@ -303,13 +315,17 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   finite = jnp.isfinite(loss) & jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g))
                                                      for g in jax.tree.leaves(grads)]))
+  good = state.nonfinite_step < 0
+  keep = finite & good
   new = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  keep = finite & ~state.nonfinite
-  state = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, state)
-  state = state.replace(nonfinite=state.nonfinite | ~finite)
-  metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
-             "finite": finite}
-  return state, metrics
+  new = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, state)
+  window = jax.tree.map(lambda w: jnp.where(new_window, jnp.zeros_like(w), w), state.window)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+  window = {"loss": window["loss"] + jnp.where(keep, loss, 0.0),
+            "accuracy": window["accuracy"] + jnp.where(keep, accuracy, 0.0),
+            "steps": window["steps"] + keep.astype(jnp.int32)}
+  nonfinite_step = jnp.where(good & ~finite, state.step, state.nonfinite_step)
+  return new.replace(window=window, nonfinite_step=nonfinite_step)
 
 
 def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array
@@ -345,8 +361,8 @@ def train_variant(name: str, model: nn.Module, config: ml_collections.ConfigDict
   init = jax.jit(functools.partial(init_state, model, tx, pipeline.dataset.image_shape),
                  static_argnums=0, out_shardings=replicated)
   state = init(config.seed)
-  p_train = jax.jit(train_step, in_shardings=(replicated, data, data),
-                    out_shardings=(replicated, replicated), donate_argnums=0)
+  p_train = jax.jit(train_step, in_shardings=(replicated, data, data, replicated),
+                    out_shardings=replicated, donate_argnums=0)
   p_eval = jax.jit(eval_step, in_shardings=(replicated, data, data, data), out_shardings=replicated)
   manager = checkpoint_manager(writer.workdir, name, config)
   start = 0
@@ -358,73 +374,75 @@ def train_variant(name: str, model: nn.Module, config: ml_collections.ConfigDict
     logging.info("[%s] resuming from the checkpoint at step %d", name, start)
   writer.start_variant(name, start)
   total = config.num_steps
-  status, message = "finished", ""
-  pending: list[tuple[int, dict[str, jax.Array]]] = []
-  tick, tick_step = time.perf_counter(), start
+  result = {"status": "finished", "message": ""}
+  clock = {"time": time.perf_counter(), "step": start}
   t_start = time.perf_counter()
+  new_window = {flag: jax.device_put(np.asarray(flag), replicated) for flag in (False, True)}
 
-  def flush(step: int) -> bool:
-    """Writes the pending train metrics; False (and the variant stops) at a non-finite loss."""
-    nonlocal pending, tick, tick_step, status, message
-    if not pending:
-      return True
-    steps = [s for s, _ in pending]
-    fetched = jax.device_get([m for _, m in pending])
-    pending = []
-    bad = next((i for i, m in enumerate(fetched) if not m["finite"]), None)
-    good = fetched if bad is None else fetched[:bad]
-    if good:
-      means = {k: float(np.mean([m[k] for m in good])) for k in ("loss", "accuracy")}
-      logged = step if bad is None else steps[bad]
+  def log(step: int) -> bool:
+    """Writes the train metrics of the window ending at ``step``; False at a non-finite loss."""
+    window, bad = jax.device_get((state.window, state.nonfinite_step))
+    if window["steps"]:
+      means = {k: float(window[k]) / int(window["steps"]) for k in ("loss", "accuracy")}
+      logged = step if bad < 0 else int(bad)
       writer.write(name, logged, "train", means)
       now = time.perf_counter()
-      rate = (logged - tick_step) / max(now - tick, 1e-9)
+      rate = (logged - clock["step"]) / max(now - clock["time"], 1e-9)
       eta = (total - logged) / rate if rate > 0 else float("inf")
       logging.info("[%s] step %d/%d  loss %.4f  acc %.3f  %.1f steps/s  ETA %s", name, logged, total,
                    means["loss"], means["accuracy"], rate, _duration(eta))
-      tick, tick_step = now, logged
-    if bad is None:
+      clock.update(time=now, step=logged)
+    if bad < 0:
       return True
     last = manager.latest_step()
-    status = "diverged"
-    message = (f"[{name}] the loss is not finite at step {steps[bad] + 1} (loss "
-               f"{fetched[bad]['loss']}); this variant stops here. Its last good checkpoint is "
-               + (f"step {last}" if last is not None else "none (none was saved before)")
-               + f", in {manager.directory}.")
-    logging.error("%s", message)
+    result["status"] = "diverged"
+    result["message"] = (
+        f"[{name}] the loss is not finite at step {int(bad) + 1}; this variant stops here. Its last "
+        "good checkpoint is " + (f"step {last}" if last is not None else "none (none was saved)")
+        + f", in {manager.directory}.")
+    logging.error("%s", result["message"])
     return False
 
   for step in range(start, total):
-    if stop.is_set():
-      flush(step)
+    if stop_requested(stop, step, config):
       _save(manager, step, state)
       raise Preempted(f"[{name}] SIGTERM: saved a checkpoint at step {step} in "
                       f"{manager.directory}; rerun with the same --workdir to resume")
     images, labels = pipeline.train_batch(step)
-    state, metrics = p_train(state, images, labels)
-    pending.append((step, metrics))
+    state = p_train(state, images, labels, new_window[step % config.log_every_steps == 0])
     done = step + 1
-    boundary = {"log": done % config.log_every_steps == 0, "eval": done % config.eval_every_steps == 0,
-                "ckpt": done % config.checkpoint_every_steps == 0, "last": done == total}
-    if any(boundary.values()) and not flush(done):
+    at_log, at_eval = done % config.log_every_steps == 0, done % config.eval_every_steps == 0
+    at_ckpt, last = done % config.checkpoint_every_steps == 0, done == total
+    # A non-finite step is found at the next log, eval or checkpoint, before anything is saved.
+    if at_log or last:
+      healthy = log(done)
+    elif at_eval or at_ckpt:
+      healthy = _finite_so_far(state) or log(done)
+    else:
+      healthy = True
+    if not healthy:
       break
-    if boundary["eval"] and not boundary["last"]:
+    if at_eval and not last:
       writer.write(name, done, "test", evaluate(state, pipeline, p_eval))
-    if boundary["ckpt"] or boundary["last"]:
+    if at_ckpt or last:
       _save(manager, done, state)
-    if config.stop_after_steps and done >= config.stop_after_steps and not boundary["last"]:
+    if config.stop_after_steps and done >= config.stop_after_steps and not last:
       _save(manager, done, state)
       raise Preempted(f"[{name}] stopped after step {done} (config.stop_after_steps); rerun with the "
                       "same --workdir to resume")
   manager.wait_until_finished()
   final = evaluate(state, pipeline, p_eval)
-  writer.write(name, int(state.step), "test", final)
-  if status == "finished":
+  writer.write(name, total if result["status"] == "finished" else int(state.step), "test", final)
+  if result["status"] == "finished":
     logging.info("[%s] done: test accuracy %.4f, loss %.4f (%s)", name, final["accuracy"],
                  final["loss"], _duration(time.perf_counter() - t_start))
   return Trained(state, p_train, p_eval,
-                 {"test_accuracy": final["accuracy"], "test_loss": final["loss"],
-                  "steps": int(state.step), "status": status, "message": message})
+                 dict(result, test_accuracy=final["accuracy"], test_loss=final["loss"],
+                      steps=int(state.step)))
+
+
+def _finite_so_far(state: TrainState) -> bool:
+  return int(jax.device_get(state.nonfinite_step)) < 0
 
 
 def checkpoint_manager(workdir: str, name: str, config: ml_collections.ConfigDict
@@ -449,6 +467,21 @@ def _duration(seconds: float) -> str:
 
 # ---------------------------------------------------------------------------------------------------
 # SIGTERM.
+
+
+def stop_requested(stop: threading.Event, step: int, config: ml_collections.ConfigDict) -> bool:
+  """Whether to checkpoint and stop before ``step``.
+
+  One process: as soon as its SIGTERM event is set. Several: every process must stop at the same step
+  (saving is collective), so the processes agree at each logging boundary: any one's SIGTERM stops all.
+  """
+  if jax.process_count() == 1:
+    return stop.is_set()
+  if step % config.log_every_steps:
+    return False
+  flags = multihost_utils.process_allgather(np.asarray(stop.is_set()))
+  return bool(np.any(flags))
+
 
 
 class stop_on_sigterm:
@@ -482,17 +515,20 @@ def measure_time(trained: Trained, pipeline: Pipeline, repeats: int) -> dict[str
   """Median seconds of one train step on a global batch and of inference on an eval batch.
 
   Times the very executables training compiled (nothing is recompiled); train steps are chained,
-  each taking the state the previous one returned, as in training.
+  each taking the state the previous one returned, as in training. The train step donates its input,
+  so this consumes ``trained.state``; inference is timed first.
   """
+  eval_batch = next(pipeline.eval_batches())
+  infer_t = timing.time_calls(lambda: trained.eval_step(trained.state, *eval_batch), repeats=repeats)
   images, labels = pipeline.train_batch(0)
-  state = jax.tree.map(jnp.copy, trained.state)  # the train step donates its input state
+  state = trained.state
+  new_window = jax.device_put(np.asarray(True), trained.state.step.sharding)
 
   def train_call():
     nonlocal state
-    state, metrics = trained.train_step(state, images, labels)
-    return metrics
+    state = trained.train_step(state, images, labels, new_window)
+    return state.step
 
-  eval_batch = next(pipeline.eval_batches())
   train_t = timing.time_calls(train_call, repeats=repeats)
-  infer_t = timing.time_calls(lambda: trained.eval_step(trained.state, *eval_batch), repeats=repeats)
+  trained.state = state
   return {"train_step_s": train_t.median_s, "inference_s": infer_t.median_s}

@@ -139,7 +139,7 @@ def test_non_finite_loss_stops_the_variant_and_keeps_the_last_good_checkpoint(tm
     assert row["status"] == "diverged", row
     last = row["steps"]  # updates stop at the first non-finite step: the state is the last good one
     assert 1 <= last < 12
-    assert (f"the loss is not finite at step {last + 1} " in row["message"]
+    assert (f"the loss is not finite at step {last + 1};" in row["message"]
             and f"Its last good checkpoint is step {last}," in row["message"]), row["message"]
     saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints", name))
                    if s.isdigit())
