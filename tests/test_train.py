@@ -174,6 +174,7 @@ def test_non_finite_loss_stops_the_variant_and_keeps_the_last_good_checkpoint(tm
     ("optimizer.momentum", 1.5, ValueError, r"config.optimizer.momentum must be in \[0.0, 1.0\)"),
     ("optimizer.warmup_steps", 8, ValueError, "config.optimizer.warmup_steps .8. must be smaller"),
     ("dataset", "mnist", ValueError, "config.data_dir is required for dataset 'mnist'"),
+    ("dataset", "cifar10", ValueError, "config.data_dir is required for dataset 'cifar10'"),
     ("model.expansion", 0, ValueError, "config.model.expansion must be >= 1, got 0"),
     ("eval_batch_size", 20, ValueError, r"config.eval_batch_size \(20\) must be divisible by the 8"),
 ])
@@ -183,3 +184,11 @@ def test_bad_config(tmp_path, key, value, error, message):
     train.train_and_evaluate(_config(**{key: value}), str(workdir))
   # Nothing a later run could mistake for a good run is left behind.
   assert not workdir.exists() or not any(workdir.iterdir())
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+  config = _config()
+  config.optimizer.lerning_rate = 0.3  # a typo that would otherwise be ignored silently
+  with pytest.raises(ValueError, match=r"config.optimizer.lerning_rate is not a known key; did you "
+                                       r"mean config.optimizer.learning_rate\?"):
+    train.train_and_evaluate(config, str(tmp_path / "typo"))
