@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import signal
@@ -102,21 +101,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                dataset.image_shape, config.batch_size, config.num_steps)
   pipeline = Pipeline(dataset, config, mesh)
   trained: dict[str, Trained] = {}
-  with stop_on_sigterm() as stop:
-    for name, model in variants.items():
-      try:
+  try:
+    with stop_on_sigterm() as stop:
+      for name, model in variants.items():
         trained[name] = train_variant(name, model, config, pipeline, mesh, writer, stop)
-      except Preempted as e:
-        logging.warning("%s", e)
-        writer.close()
-        return {"rows": [], "preempted": True, "workdir": workdir, "message": str(e)}
+  except Preempted as e:
+    logging.warning("%s", e)
+    return {"rows": [], "preempted": True, "workdir": workdir, "message": str(e)}
+  finally:
+    writer.close()
   # Measured after every variant has trained, in this one process, so the times compare.
   times = {name: measure_time(t, pipeline, config.timing_repeats) for name, t in trained.items()}
   rows = report.savings_rows(
       config, {name: profile_model(model, dataset.image_shape) for name, model in variants.items()},
       times, {name: t.result for name, t in trained.items()})
   writer.write_savings(rows)
-  writer.close()
   return {"rows": rows, "preempted": False, "workdir": workdir}
 
 

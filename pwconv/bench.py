@@ -22,7 +22,6 @@ the depthwise, pointwise and dense cases when torch is installed), ``--dtype``, 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import sys
 from collections.abc import Callable, Sequence

@@ -147,6 +147,6 @@ def test_two_processes_match_one(runner, reference, tmp_path):
   for a, b in zip(ours, theirs):
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6), (a, b)
   final = _final(runner, workdir)
-  for name, (acc, loss, steps, status) in _final(runner, reference).items():
+  for name, (_, loss, steps, status) in _final(runner, reference).items():
     assert final[name][2:] == (steps, status)
     assert final[name][1] == pytest.approx(loss, rel=1e-4)

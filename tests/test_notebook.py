@@ -1,7 +1,6 @@
 """The Colab notebook's code cells run on CPU with the smoke config (the install cell aside)."""
 
 import json
-import os
 import pathlib
 
 import pytest
