@@ -1,0 +1,305 @@
+"""The bad-input matrix: every public function, block and config key, each bad input, one clear error.
+
+Each case names what was called, the exception type, and a pattern the message must match: the
+function or module and the argument (or config key), and what was expected. Runner cases also check
+that nothing is left in the workdir that a later run could mistake for a good one.
+"""
+
+import gzip
+import struct
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import pwconv
+from experiments import data
+from experiments import train
+from experiments.configs import smoke
+from pwconv import bench
+from pwconv import models
+from pwconv import ops
+
+X = np.zeros((1, 6, 6, 4), np.float32)
+K3 = np.zeros((3, 3, 1, 4), np.float32)
+
+
+def _init(module, x=X):
+  return lambda: module.init(jax.random.key(0), jnp.asarray(x))
+
+
+def _lazy(make, x=X):
+  """Builds the module inside the call, so construction-time errors are caught by the test too."""
+  return lambda: make().init(jax.random.key(0), jnp.asarray(x))
+
+
+LIBRARY_CASES = {
+    # ops.pointwise_conv
+    "pointwise_conv rank": (lambda: ops.pointwise_conv(jnp.zeros((6, 4)), jnp.zeros((4, 2))),
+                            ValueError, r"pointwise_conv: x must have rank 4"),
+    "pointwise_conv dtype": (lambda: ops.pointwise_conv(jnp.zeros((1, 2, 2, 4), jnp.int32),
+                                                        jnp.zeros((4, 2))),
+                             TypeError, r"pointwise_conv: x must have a floating dtype, got int32"),
+    "pointwise_conv channels": (lambda: ops.pointwise_conv(jnp.asarray(X), jnp.zeros((5, 2))),
+                                ValueError, r"pointwise_conv: kernel must have shape \(4, Cout\)"),
+    "pointwise_conv groups divide": (lambda: ops.pointwise_conv(jnp.asarray(X), jnp.zeros((1, 6)),
+                                                                groups=3),
+                                     ValueError, r"pointwise_conv: groups=3 must divide the input"),
+    "pointwise_conv groups zero": (lambda: ops.pointwise_conv(jnp.asarray(X), jnp.zeros((4, 2)),
+                                                              groups=0),
+                                   ValueError, r"pointwise_conv: groups must be >= 1, got 0"),
+    # ops.depthwise_conv
+    "depthwise_conv rank": (lambda: ops.depthwise_conv(jnp.zeros((6, 6, 4)), K3),
+                            ValueError, r"depthwise_conv: x must have rank 4"),
+    "depthwise_conv dtype": (lambda: ops.depthwise_conv(jnp.zeros((1, 6, 6, 4), jnp.int8), K3),
+                             TypeError, r"depthwise_conv: x must have a floating dtype, got int8"),
+    "depthwise_conv channels": (lambda: ops.depthwise_conv(jnp.asarray(X), np.zeros((3, 3, 1, 6))),
+                                ValueError, r"depthwise_conv: kernel must have shape \(kh, kw, 1, 4"),
+    "depthwise_conv strides": (lambda: ops.depthwise_conv(jnp.asarray(X), K3, strides=0),
+                               ValueError, r"depthwise_conv: strides must be >= 1, got 0"),
+    "depthwise_conv dilation": (lambda: ops.depthwise_conv(jnp.asarray(X), K3, dilation=(1, -1)),
+                                ValueError, r"depthwise_conv: dilation must be >= 1, got -1"),
+    "depthwise_conv padding string": (lambda: ops.depthwise_conv(jnp.asarray(X), K3, padding="FULL"),
+                                      ValueError, r"depthwise_conv: padding must be one of"),
+    "depthwise_conv padding negative": (lambda: ops.depthwise_conv(jnp.asarray(X), K3, padding=-2),
+                                        ValueError, r"depthwise_conv: padding must be >= 0, got -2"),
+    "depthwise_conv impl": (lambda: ops.depthwise_conv(jnp.asarray(X), K3, impl="cudnn"),
+                            ValueError, r"depthwise_conv: impl must be one of .*got 'cudnn'"),
+    # ops.channel_shuffle
+    "channel_shuffle groups": (lambda: ops.channel_shuffle(jnp.asarray(X), 3),
+                               ValueError, r"channel_shuffle: groups=3 must divide the channels 4"),
+    "channel_shuffle rank": (lambda: ops.channel_shuffle(jnp.zeros((4,)), 2),
+                             ValueError, r"channel_shuffle: x must have rank 4"),
+    # layers
+    "PointwiseConv features": (lambda: pwconv.PointwiseConv(0), ValueError,
+                               r"PointwiseConv: features must be >= 1, got 0"),
+    "PointwiseConv groups": (_init(pwconv.PointwiseConv(6, groups=3)), ValueError,
+                             r"PointwiseConv: groups=3 must divide the input channels 4"),
+    "PointwiseConv rank": (_init(pwconv.PointwiseConv(6), np.zeros((6, 4))), ValueError,
+                           r"PointwiseConv: x must have rank 4"),
+    "DepthwiseConv multiplier": (lambda: pwconv.DepthwiseConv(depth_multiplier=-1), ValueError,
+                                 r"DepthwiseConv: depth_multiplier must be >= 1, got -1"),
+    "DepthwiseConv kernel_size": (lambda: pwconv.DepthwiseConv(kernel_size=0), ValueError,
+                                  r"DepthwiseConv: kernel_size must be >= 1, got 0"),
+    "DepthwiseConv impl": (lambda: pwconv.DepthwiseConv(impl="fast"), ValueError,
+                           r"DepthwiseConv: impl must be one of"),
+    "DepthwiseConv dtype": (_init(pwconv.DepthwiseConv(), np.zeros((1, 4, 4, 2), np.int32)),
+                            TypeError, r"DepthwiseConv: x must have a floating dtype"),
+    # blocks
+    "DenseConv features": (lambda: pwconv.DenseConv(0), ValueError, r"DenseConv: features must be >= 1"),
+    "Bottleneck reduced": (lambda: pwconv.Bottleneck(8, 0), ValueError,
+                           r"Bottleneck: reduced_features must be >= 1, got 0"),
+    "Bottleneck strides": (lambda: pwconv.Bottleneck(8, 2, strides=(2, 0)), ValueError,
+                           r"Bottleneck: strides must be >= 1, got 0"),
+    "Bottleneck rank": (_init(pwconv.Bottleneck(8, 2), np.zeros((6, 6, 4))), ValueError,
+                        r"Bottleneck: x must have rank 4"),
+    "DepthwiseSeparable multiplier": (lambda: pwconv.DepthwiseSeparable(8, depth_multiplier=0),
+                                      ValueError, r"DepthwiseSeparable: depth_multiplier must be >= 1"),
+    "DepthwiseSeparable kernel": (lambda: pwconv.DepthwiseSeparable(8, kernel_size=(3, 3, 3)),
+                                  TypeError, r"DepthwiseSeparable: kernel_size must be an int or a "
+                                             r"pair"),
+    "DepthwiseSeparable dtype": (_init(pwconv.DepthwiseSeparable(8), np.zeros((1, 4, 4, 2), bool)),
+                                 TypeError, r"DepthwiseSeparable: x must have a floating dtype"),
+    "InvertedResidual expansion": (lambda: pwconv.InvertedResidual(8, expansion=0), ValueError,
+                                   r"InvertedResidual: expansion must be >= 1, got 0"),
+    "InvertedResidual se_ratio": (lambda: pwconv.InvertedResidual(8, se_ratio=0.0), ValueError,
+                                  r"InvertedResidual: se_ratio must be None or in \(0, 1\]"),
+    "InvertedResidual impl": (lambda: pwconv.InvertedResidual(8, impl="pallas-gpu"), ValueError,
+                              r"InvertedResidual: impl must be one of"),
+    "InceptionModule size": (lambda: pwconv.InceptionModule(8, 4, 8, 2, 4, -1), ValueError,
+                             r"InceptionModule: pool_proj must be >= 1, got -1"),
+    "FireModule size": (lambda: pwconv.FireModule(4, 0, 4), ValueError,
+                        r"FireModule: expand1x1 must be >= 1, got 0"),
+    "ShuffleUnit groups": (_init(pwconv.ShuffleUnit(12, groups=3)), ValueError,
+                           r"ShuffleUnit: groups=3 must divide the input channels 4"),
+    "ShuffleUnit strides": (lambda: pwconv.ShuffleUnit(12, strides=(2, 1)), ValueError,
+                            r"ShuffleUnit: strides must be \(1, 1\) or \(2, 2\)"),
+    "ShuffleUnit downsample width": (_init(pwconv.ShuffleUnit(4, groups=2, strides=(2, 2))),
+                                     ValueError, r"ShuffleUnit: with strides \(2, 2\) features must "
+                                                 r"exceed the input channels 4"),
+    "SqueezeExcite ratio": (lambda: pwconv.SqueezeExcite(ratio=2.0), ValueError,
+                            r"SqueezeExcite: ratio must be in \(0, 1\]"),
+    "SqueezeExcite reduced": (lambda: pwconv.SqueezeExcite(reduced_features=0), ValueError,
+                              r"SqueezeExcite: reduced_features must be >= 1"),
+    "MLPConv layers": (lambda: pwconv.MLPConv(8, pointwise_layers=-1), ValueError,
+                       r"MLPConv: pointwise_layers must be >= 0, got -1"),
+    "dense_equivalent in_features": (lambda: pwconv.MLPConv(8).dense_equivalent(0), ValueError,
+                                     r"MLPConv: in_features must be >= 1, got 0"),
+    # models
+    "mobilenet_v1 width": (lambda: models.mobilenet_v1(width_multiplier=0.0), ValueError,
+                           r"MobileNetV1: width_multiplier must be > 0"),
+    "resnet50 classes": (lambda: models.resnet50(num_classes=0), ValueError,
+                         r"ResNet: num_classes must be >= 1, got 0"),
+    "SmallNet block": (lambda: models.SmallNet(block="resnet"), ValueError,
+                       r"SmallNet: block must be one of .*got 'resnet'"),
+    "SmallNet width": (lambda: models.SmallNet(width=0), ValueError,
+                       r"SmallNet: width must be >= 1, got 0"),
+    "SmallNet impl": (lambda: models.SmallNet(impl="fast"), ValueError, r"SmallNet: impl must be one of"),
+    # costs
+    "profile no input": (lambda: pwconv.profile(pwconv.PointwiseConv(4)), ValueError,
+                         r"profile: needs at least one example input"),
+    "profile not a module": (lambda: pwconv.profile(42, X), TypeError,
+                             r"profile: module_or_fn must be a flax.linen Module or a callable"),
+    "profile wrong rank": (lambda: pwconv.profile(pwconv.Bottleneck(8, 4), np.zeros((6, 6, 4))),
+                           ValueError, r"Bottleneck: x must have rank 4"),
+    "savings shape": (lambda: pwconv.savings(pwconv.Bottleneck(8, 4), (6, 6)), ValueError,
+                      r"savings: input_shape must be \(N, H, W, C\) or \(H, W, C\)"),
+    "savings negative": (lambda: pwconv.savings(pwconv.Bottleneck(8, 4), (1, 6, -6, 4)), ValueError,
+                         r"savings: input_shape must be"),
+    "savings not a block": (lambda: pwconv.savings(nn.Dense(3), (1, 6, 6, 4)), TypeError,
+                            r"savings: block must be a pwconv block with dense_equivalent"),
+    # timing and bench
+    "time_fn repeats": (lambda: pwconv.timing.time_fn(lambda x: x, X, repeats=0), ValueError,
+                        r"time_calls: repeats must be >= 1, got 0"),
+    "bench impl": (lambda: bench.run(quick=True, impls=["cuda"]), ValueError,
+                   r"bench: --impl must name implementations"),
+    "bench cases": (lambda: bench.run(quick=True, cases=["resnet-152"]), ValueError,
+                    r"bench: --cases .* matches no case"),
+    # data
+    "load_dataset name": (lambda: data.load_dataset("imagenet"), ValueError,
+                          r"load_dataset: .*name.*imagenet"),
+    "load_dataset data_dir": (lambda: data.load_dataset("mnist"), ValueError,
+                              r"data_dir.*mnist|mnist.*data_dir"),
+    "batch_indices batch": (lambda: data.batch_indices(10, 0, seed=0, step=0), ValueError,
+                            r"batch_indices: batch_size"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LIBRARY_CASES))
+def test_library(case):
+  call, error, pattern = LIBRARY_CASES[case]
+  with pytest.raises(error, match=pattern):
+    call()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The runner: bad config keys and values, missing and corrupt data files.
+
+
+def _write_idx(folder, *, truncate=None):
+  images = np.zeros((4, 28, 28), np.uint8)
+  labels = np.arange(4, dtype=np.uint8)
+  for prefix in ("train", "t10k"):
+    payload = struct.pack(">IIII", 0x803, 4, 28, 28) + images.tobytes()
+    if truncate and prefix == truncate:
+      payload = payload[: len(payload) // 2]
+    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(payload)
+    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, 4)
+                                                         + labels.tobytes())
+
+
+def _mnist_truncated(tmp_path):
+  folder = tmp_path / "mnist"
+  folder.mkdir()
+  _write_idx(folder, truncate="t10k")
+  return {"dataset": "mnist", "data_dir": str(folder)}
+
+
+def _mnist_corrupt_gzip(tmp_path):
+  folder = tmp_path / "mnist_gz"
+  folder.mkdir()
+  _write_idx(folder)
+  path = folder / "train-images-idx3-ubyte"
+  packed = gzip.compress(path.read_bytes())
+  path.unlink()
+  (folder / "train-images-idx3-ubyte.gz").write_bytes(packed[: len(packed) // 3])
+  return {"dataset": "mnist", "data_dir": str(folder)}
+
+
+def _cifar_missing(tmp_path):
+  folder = tmp_path / "empty"
+  folder.mkdir()
+  return {"dataset": "cifar10", "data_dir": str(folder)}
+
+
+def _cifar_evil_pickle(tmp_path):
+  import pickle
+
+  class Evil:
+    def __reduce__(self):
+      return (exec, ("open('PWNED', 'w').write('x')",))
+
+  folder = tmp_path / "cifar-10-batches-py"
+  folder.mkdir()
+  for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
+               "test_batch"):
+    (folder / name).write_bytes(pickle.dumps({b"data": Evil(), b"labels": [0]}, protocol=2))
+  return {"dataset": "cifar10", "data_dir": str(tmp_path)}
+
+
+RUNNER_CASES = {
+    "unknown key": (lambda tmp: {"optimizer.lr": 0.1}, ValueError,
+                    r"config.optimizer.lr is not a known key"),
+    "unknown variant": (lambda tmp: {"variants": ("dense", "resnet")}, ValueError,
+                        r"config.variants: unknown variant 'resnet'"),
+    "empty variants": (lambda tmp: {"variants": ()}, ValueError,
+                       r"config.variants must be a non-empty list"),
+    "duplicate variant": (lambda tmp: {"variants": ("dense", "dense")}, ValueError,
+                          r"config.variants lists a variant twice"),
+    "baseline": (lambda tmp: {"baseline": "vgg"}, ValueError,
+                 r"config.baseline 'vgg' must be one of config.variants"),
+    "dataset": (lambda tmp: {"dataset": "imagenet"}, ValueError, r"config.dataset must be one of"),
+    "optimizer": (lambda tmp: {"optimizer.name": "lamb"}, ValueError,
+                  r"config.optimizer.name must be one of \['sgd', 'adamw'\], got 'lamb'"),
+    "dtype": (lambda tmp: {"dtype": "float16"}, ValueError, r"config.dtype must be one of"),
+    "norm": (lambda tmp: {"model.norm": "group"}, ValueError, r"config.model.norm must be one of"),
+    "act": (lambda tmp: {"model.act": "tanh"}, ValueError, r"config.model.act must be one of"),
+    "impl": (lambda tmp: {"model.impl": "cudnn"}, ValueError, r"config.model.impl must be one of"),
+    "batch zero": (lambda tmp: {"batch_size": 0}, ValueError, r"config.batch_size must be >= 1, got 0"),
+    "batch devices": (lambda tmp: {"batch_size": 12}, ValueError,
+                      r"config.batch_size \(12\) must be divisible by the 8 devices"),
+    "eval batch devices": (lambda tmp: {"eval_batch_size": 20}, ValueError,
+                           r"config.eval_batch_size \(20\) must be divisible by the 8 devices"),
+    "batch too big": (lambda tmp: {"batch_size": 1024}, ValueError,
+                      r"config.batch_size \(1024\) exceeds the 256 training examples"),
+    "num_devices": (lambda tmp: {"num_devices": 64}, ValueError,
+                    r"config.num_devices is 64 but only 8 devices exist"),
+    "steps": (lambda tmp: {"num_steps": -1}, ValueError, r"config.num_steps must be >= 1, got -1"),
+    "warmup": (lambda tmp: {"optimizer.warmup_steps": 8}, ValueError,
+               r"config.optimizer.warmup_steps \(8\) must be smaller than config.num_steps \(8\)"),
+    "learning rate": (lambda tmp: {"optimizer.learning_rate": -0.1}, ValueError,
+                      r"config.optimizer.learning_rate must be > 0.0, got -0.1"),
+    "weight decay": (lambda tmp: {"optimizer.weight_decay": -1.0}, ValueError,
+                     r"config.optimizer.weight_decay must be >= 0.0, got -1.0"),
+    "momentum": (lambda tmp: {"optimizer.momentum": 1.0}, ValueError,
+                 r"config.optimizer.momentum must be in \[0.0, 1.0\), got 1.0"),
+    "reduction": (lambda tmp: {"model.reduction": 0.0}, ValueError,
+                  r"config.model.reduction must be in \(0.0, 1.0\], got 0.0"),
+    "width": (lambda tmp: {"model.width": 0}, ValueError, r"config.model.width must be >= 1, got 0"),
+    "width for inception": (lambda tmp: {"model.width": 4}, ValueError,
+                            r"SmallNet: width must be >= 8 for block 'inception'"),
+    "synthetic shape": (lambda tmp: {"synthetic.shape": (8, 8)}, ValueError,
+                        r"config.synthetic.shape must be \(H, W, C\)"),
+    "distributed": (lambda tmp: {"distributed.initialize": "sometimes"}, ValueError,
+                    r"config.distributed.initialize must be one of"),
+    "data_dir missing": (lambda tmp: {"dataset": "mnist"}, ValueError,
+                         r"config.data_dir is required for dataset 'mnist'"),
+    "data_dir not there": (lambda tmp: {"dataset": "fashion_mnist",
+                                        "data_dir": str(tmp / "nowhere")}, FileNotFoundError,
+                           r"nowhere"),
+    "IDX truncated": (_mnist_truncated, ValueError, r"t10k-images-idx3-ubyte.*truncated"),
+    "IDX gzip corrupt": (_mnist_corrupt_gzip, ValueError, r"train-images-idx3-ubyte.gz"),
+    "CIFAR missing": (_cifar_missing, FileNotFoundError, r"data_batch_1"),
+    "CIFAR pickle that runs code": (_cifar_evil_pickle, ValueError, r"refusing to unpickle"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RUNNER_CASES))
+def test_runner(case, tmp_path, monkeypatch):
+  make, error, pattern = RUNNER_CASES[case]
+  monkeypatch.chdir(tmp_path)
+  config = smoke.get_config()
+  for key, value in make(tmp_path).items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  workdir = tmp_path / "workdir"
+  with pytest.raises(error, match=pattern):
+    train.train_and_evaluate(config, str(workdir))
+  # Nothing was written that a later run could mistake for a good one; no code from a file ran.
+  assert not workdir.exists() or not any(workdir.iterdir())
+  assert not (tmp_path / "PWNED").exists()
