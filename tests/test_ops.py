@@ -124,10 +124,12 @@ class DepthwiseConvTest(parameterized.TestCase):
   @parameterized.parameters(("SAME", 1, 1), ("VALID", 2, 1), (((0, 2), (1, 0)), 1, 2))
   def test_gradients(self, padding, strides, dilation):
     x, k = _normal(0, (2, 6, 5, 3)), _normal(1, (3, 3, 1, 6))
+    # The op is bilinear, so a large finite-difference step is exact up to rounding; the default
+    # 1e-4 step alone gives f32 rounding noise near the 0.2% tolerance.
     for impl in ("xla", "auto"):
       check_grads(lambda x, k: ops.depthwise_conv(x, k, strides=strides, padding=padding,
                                                   dilation=dilation, impl=impl),
-                  (x, k), order=1, modes=("rev",))
+                  (x, k), order=1, modes=("rev",), eps=1e-2)
 
   def test_bf16_close_to_f32(self):
     x, k = _normal(0, (2, 16, 16, 32)), _normal(1, (3, 3, 1, 32)) / 3

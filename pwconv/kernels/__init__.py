@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 
 import jax
 
+from pwconv.kernels import pallas_depthwise
+from pwconv.kernels import shifted
 from pwconv.kernels import xla
 
 DepthwiseFn = Callable[..., jax.Array]
@@ -35,6 +37,12 @@ def register(name: str, fn: DepthwiseFn, *, auto_on: tuple[str, ...] = ()) -> No
   _IMPLS[name] = fn
   for backend in auto_on:
     _AUTO[backend] = name
+
+
+# XLA:CPU runs grouped convolutions 20-50x slower than shifted multiply-adds (DESIGN.md).
+register("shifted", shifted.depthwise_conv, auto_on=("cpu",))
+# Unmeasured on GPU/TPU, so not an "auto" choice anywhere; interpreted on CPU.
+register("pallas", pallas_depthwise.depthwise_conv)
 
 
 def names() -> tuple[str, ...]:

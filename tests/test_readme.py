@@ -1,0 +1,23 @@
+"""README.md stays true: its tour runs and prints what it says it prints."""
+
+import pathlib
+import re
+
+
+def test_tour_runs(capsys):
+  readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+  (tour,) = re.findall(r"## A tour\s+```python\n(.*?)```", readme, re.S)
+  exec(compile(tour, "README.md", "exec"), {})
+  out = capsys.readouterr().out
+  assert "160,563,200 (160.6M)" in out and "43,352,064 (43.4M)" in out and "3.70x" in out
+  assert "MobileNetV2 on input 1x224x224x3" in out
+  assert "MACs 300,774,272" in out
+
+
+def test_commands_are_the_ones_ci_runs():
+  readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+  ci = (pathlib.Path(__file__).parent.parent / ".ci" / "run").read_text()
+  test_command = 'pip install -e ".[test]" && python -m pytest'
+  assert f"```bash\n{test_command}\n```" in readme
+  assert test_command in ci.splitlines()
+  assert '```bash\npip install -e ".[experiments]" && python -m experiments.run\n```' in readme
