@@ -25,7 +25,7 @@ OVERRIDES = ("--config.variants=('dense', 'separable')", "--config.model.width=1
              "--config.eval_every_steps=24", "--config.synthetic.sizes=(512, 128)")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process, however xdist interleaves modules
 def reference(tmp_path_factory):
   runner = Runner()
   workdir = tmp_path_factory.mktemp("reference") / "run"
