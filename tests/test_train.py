@@ -34,7 +34,7 @@ def _metrics(workdir, split=None):
 TWO = ("dense", "separable")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process, however xdist interleaves modules
 def reference(tmp_path_factory):
   """An uninterrupted 1-device run the sharding and resume tests compare against."""
   workdir = str(tmp_path_factory.mktemp("reference"))
