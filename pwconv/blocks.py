@@ -107,6 +107,9 @@ def _conv(features: int, kernel_size: Sequence[int], strides: Sequence[int] = (1
                            padding="SAME", kernel_dilation=tuple(dilation))
 
 
+_CONV_PAIRS = ("kernel_size", "strides", "dilation")
+
+
 def _check_in_features(owner: str, in_features: int) -> int:
   return validate.positive_int(owner, "in_features", in_features)
 
@@ -122,11 +125,7 @@ class DenseConv(Block):
   dilation: Sequence[int] = (1, 1)
 
   def __post_init__(self):
-    owner = type(self).__name__
-    validate.positive_int(owner, "features", self.features)
-    validate.int_pair(owner, "kernel_size", self.kernel_size)
-    validate.int_pair(owner, "strides", self.strides)
-    validate.int_pair(owner, "dilation", self.dilation)
+    validate.fields(self, positive=("features",), pairs=_CONV_PAIRS)
     super().__post_init__()
 
   @nn.compact
@@ -167,12 +166,7 @@ class Bottleneck(Block):
   dilation: Sequence[int] = (1, 1)
 
   def __post_init__(self):
-    owner = type(self).__name__
-    validate.positive_int(owner, "features", self.features)
-    validate.positive_int(owner, "reduced_features", self.reduced_features)
-    validate.int_pair(owner, "kernel_size", self.kernel_size)
-    validate.int_pair(owner, "strides", self.strides)
-    validate.int_pair(owner, "dilation", self.dilation)
+    validate.fields(self, positive=("features", "reduced_features"), pairs=_CONV_PAIRS)
     super().__post_init__()
 
   @nn.compact
@@ -224,13 +218,8 @@ class DepthwiseSeparable(Block):
   impl: str = "auto"
 
   def __post_init__(self):
-    owner = type(self).__name__
-    validate.positive_int(owner, "features", self.features)
-    validate.int_pair(owner, "kernel_size", self.kernel_size)
-    validate.int_pair(owner, "strides", self.strides)
-    validate.int_pair(owner, "dilation", self.dilation)
-    validate.positive_int(owner, "depth_multiplier", self.depth_multiplier)
-    validate.one_of(owner, "impl", self.impl, kernels.names())
+    validate.fields(self, positive=("features", "depth_multiplier"), pairs=_CONV_PAIRS,
+                    choices={"impl": kernels.names()})
     super().__post_init__()
 
   @nn.compact
@@ -333,15 +322,10 @@ class InvertedResidual(Block):
   impl: str = "auto"
 
   def __post_init__(self):
-    owner = type(self).__name__
-    validate.positive_int(owner, "features", self.features)
-    validate.positive_int(owner, "expansion", self.expansion)
-    validate.int_pair(owner, "kernel_size", self.kernel_size)
-    validate.int_pair(owner, "strides", self.strides)
-    validate.int_pair(owner, "dilation", self.dilation)
-    validate.one_of(owner, "impl", self.impl, kernels.names())
+    validate.fields(self, positive=("features", "expansion"), pairs=_CONV_PAIRS,
+                    choices={"impl": kernels.names()})
     if self.se_ratio is not None and not 0 < self.se_ratio <= 1:
-      raise ValueError(f"{owner}: se_ratio must be None or in (0, 1], got {self.se_ratio}")
+      raise ValueError(f"{type(self).__name__}: se_ratio must be None or in (0, 1], got {self.se_ratio}")
     super().__post_init__()
 
   @nn.compact
@@ -392,9 +376,8 @@ class InceptionModule(Block):
   naive: bool = False
 
   def __post_init__(self):
-    owner = type(self).__name__
-    for name in ("f1x1", "f3x3_reduce", "f3x3", "f5x5_reduce", "f5x5", "pool_proj"):
-      validate.positive_int(owner, name, getattr(self, name))
+    validate.fields(self, positive=("f1x1", "f3x3_reduce", "f3x3", "f5x5_reduce", "f5x5",
+                                    "pool_proj"))
     super().__post_init__()
 
   @nn.compact
@@ -437,9 +420,7 @@ class FireModule(Block):
   residual: bool = False
 
   def __post_init__(self):
-    owner = type(self).__name__
-    for name in ("squeeze", "expand1x1", "expand3x3"):
-      validate.positive_int(owner, name, getattr(self, name))
+    validate.fields(self, positive=("squeeze", "expand1x1", "expand3x3"))
     super().__post_init__()
 
   @nn.compact
@@ -486,13 +467,11 @@ class ShuffleUnit(Block):
 
   def __post_init__(self):
     owner = type(self).__name__
-    validate.positive_int(owner, "features", self.features)
-    validate.positive_int(owner, "groups", self.groups)
+    validate.fields(self, positive=("features", "groups"), choices={"impl": kernels.names()})
     if tuple(validate.int_pair(owner, "strides", self.strides)) not in ((1, 1), (2, 2)):
       raise ValueError(f"{owner}: strides must be (1, 1) or (2, 2), got {self.strides!r}")
     if not 0 < self.bottleneck_ratio <= 1:
       raise ValueError(f"{owner}: bottleneck_ratio must be in (0, 1], got {self.bottleneck_ratio}")
-    validate.one_of(owner, "impl", self.impl, kernels.names())
     super().__post_init__()
 
   @nn.compact
@@ -552,11 +531,8 @@ class MLPConv(Block):
   pointwise_layers: int = 2
 
   def __post_init__(self):
-    owner = type(self).__name__
-    validate.positive_int(owner, "features", self.features)
-    validate.int_pair(owner, "kernel_size", self.kernel_size)
-    validate.int_pair(owner, "strides", self.strides)
-    validate.positive_int(owner, "pointwise_layers", self.pointwise_layers, minimum=0)
+    validate.fields(self, positive=("features",), pairs=("kernel_size", "strides"))
+    validate.positive_int(type(self).__name__, "pointwise_layers", self.pointwise_layers, minimum=0)
     super().__post_init__()
 
   @nn.compact

@@ -42,9 +42,7 @@ class PointwiseConv(nn.Module):
   bias_init: Initializer = nn.initializers.zeros_init()
 
   def __post_init__(self):
-    validate.positive_int(type(self).__name__, "features", self.features)
-    validate.positive_int(type(self).__name__, "groups", self.groups)
-    validate.int_pair(type(self).__name__, "strides", self.strides)
+    validate.fields(self, positive=("features", "groups"), pairs=("strides",))
     super().__post_init__()
 
   @nn.compact
@@ -97,12 +95,8 @@ class DepthwiseConv(nn.Module):
   bias_init: Initializer = nn.initializers.zeros_init()
 
   def __post_init__(self):
-    owner = type(self).__name__
-    validate.int_pair(owner, "kernel_size", self.kernel_size)
-    validate.int_pair(owner, "strides", self.strides)
-    validate.int_pair(owner, "dilation", self.dilation)
-    validate.positive_int(owner, "depth_multiplier", self.depth_multiplier)
-    validate.one_of(owner, "impl", self.impl, kernels.names())
+    validate.fields(self, positive=("depth_multiplier",),
+                    pairs=("kernel_size", "strides", "dilation"), choices={"impl": kernels.names()})
     super().__post_init__()
 
   @nn.compact

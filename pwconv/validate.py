@@ -6,7 +6,7 @@ Every check raises with a message that names its owner (the function or module) 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -51,3 +51,15 @@ def nhwc(owner: str, name: str, x: Any) -> None:
     raise TypeError(f"{owner}: {name} must have a floating dtype, got {jnp.dtype(dtype).name}")
   if any(int(d) < 1 for d in shape):
     raise ValueError(f"{owner}: {name} must have no empty dimension, got shape {tuple(shape)}")
+
+
+def fields(module: Any, *, positive: Sequence[str] = (), pairs: Sequence[str] = (),
+           choices: Mapping[str, Sequence[str]] | None = None) -> None:
+  """Checks a module's fields by name: ints >= 1, ints-or-pairs >= 1, and strings from a list."""
+  owner = type(module).__name__
+  for name in positive:
+    positive_int(owner, name, getattr(module, name))
+  for name in pairs:
+    int_pair(owner, name, getattr(module, name))
+  for name, allowed in (choices or {}).items():
+    one_of(owner, name, getattr(module, name), allowed)

@@ -14,12 +14,13 @@ import sys
 
 import pytest
 
-# A persistent compilation cache shared by the test processes (pytest-xdist workers, and the runs the
-# multi-process tests start): most tests compile the same few programs, and recompiling them is most
-# of the suite's time on 2 cores. Entries are keyed by the program and the jax version, so reuse
-# never changes a result.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(
-    pathlib.Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax-compilation-cache"))
+# A persistent compilation cache for each test process and the runs it starts (the multi-process
+# tests): most tests compile the same few programs, and recompiling them is most of the suite's time on
+# 2 cores. Entries are keyed by the program and the jax version, so reuse never changes a result. One
+# folder per pytest-xdist worker: two processes writing one entry at once can leave it truncated.
+os.environ["JAX_COMPILATION_CACHE_DIR"] = str(
+    pathlib.Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax-compilation-cache"
+    / os.environ.get("PYTEST_XDIST_WORKER", "main"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ["JAX_PLATFORMS"] = "cpu"
