@@ -363,7 +363,15 @@ def train_variant(name: str, model: nn.Module, config: ml_collections.ConfigDict
   p_train = jax.jit(train_step, in_shardings=(replicated, data, data, replicated),
                     out_shardings=replicated, donate_argnums=0)
   p_eval = jax.jit(eval_step, in_shardings=(replicated, data, data, data), out_shardings=replicated)
-  manager = checkpoint_manager(writer.workdir, name, config)
+  with checkpoint_manager(writer.workdir, name, config) as manager:
+    return _train(name, config, pipeline, writer, stop, manager, state, p_train, p_eval)
+
+
+def _train(name: str, config: ml_collections.ConfigDict, pipeline: Pipeline, writer: report.Writer,
+           stop: threading.Event, manager: ocp.CheckpointManager, state: TrainState, p_train,
+           p_eval) -> Trained:
+  """The training loop of :func:`train_variant`, from its latest checkpoint if there is one."""
+  replicated = state.step.sharding
   start = 0
   latest = manager.latest_step()
   if latest is not None:
