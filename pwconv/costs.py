@@ -145,7 +145,10 @@ def profile(module_or_fn: nn.Module | Callable[..., Any], *example_args: Any,
   if batch < 1:
     raise ValueError(f"profile: the batch dimension of the first input must be >= 1, got {shape}")
   args = [_abstract(a) for a in example_args]
-  with kernels.reference_only():
+  # Traced with jit disabled, so jitted functions inside are traced afresh with the reference
+  # depthwise implementation: jit's trace cache knows nothing of reference_only(), and would hand
+  # back (or keep) a trace made with another implementation.
+  with kernels.reference_only(), jax.disable_jit():
     if isinstance(module_or_fn, nn.Module):
       return _profile_module(module_or_fn, args, example_kwargs, batch, shape)
     if not callable(module_or_fn):

@@ -205,6 +205,20 @@ class ControlFlowTest(parameterized.TestCase):
     self.assertEqual(p.params, 64)
 
 
+class JitCacheTest(parameterized.TestCase):
+
+  def test_profile_of_a_jitted_function_neither_reads_nor_poisons_its_cache(self):
+    x, k = jnp.ones((1, 10, 10, 2)), jnp.ones((3, 3, 1, 2))
+    ran_first = jax.jit(lambda x, k: ops.depthwise_conv(x, k))
+    ran_first(x, k)  # cached with the fast path, which has no conv equation to count
+    self.assertEqual(pwconv.profile(ran_first, x, k).macs, 100 * 9 * 2)
+    profiled_first = jax.jit(lambda x, k: ops.depthwise_conv(x, k))
+    self.assertEqual(pwconv.profile(profiled_first, x, k).macs, 100 * 9 * 2)
+    # ... and it still runs the implementation "auto" picks, not the counting reference.
+    uses_conv = "convolution" in profiled_first.lower(x, k).as_text()
+    self.assertEqual(uses_conv, kernels.resolve("auto") == "xla")
+
+
 class OutputTest(parameterized.TestCase):
 
   def test_to_dict_is_json(self):
