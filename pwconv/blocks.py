@@ -20,6 +20,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pwconv import kernels
 from pwconv import ops
@@ -58,6 +59,17 @@ class Block(nn.Module):
   dtype: Any = _kw(None)
   param_dtype: Any = _kw(jnp.float32)
 
+  def __post_init__(self):
+    owner = type(self).__name__
+    for name, example in (("norm", "pwconv.batch_norm"), ("act", "jax.nn.relu")):
+      value = getattr(self, name)
+      if value is not None and not callable(value):
+        raise TypeError(f"{owner}: {name} must be a callable (e.g. {example}) or None, got "
+                        f"{value!r}")
+    if self.use_bias is not None and not isinstance(self.use_bias, bool):
+      raise TypeError(f"{owner}: use_bias must be True, False or None, got {self.use_bias!r}")
+    super().__post_init__()
+
   def conv_norm_act(self, x: jax.Array, conv: ModuleDef, *, name: str, train: bool,
                     act: bool = True, last: bool = False) -> jax.Array:
     """``conv(name=name)`` -> ``norm(name=name + "_norm")`` -> ``act``: the unit of every block."""
@@ -86,8 +98,8 @@ class Block(nn.Module):
   def dense_conv(self, features: int, kernel_size: Sequence[int], strides: Sequence[int] = (1, 1),
             dilation: Sequence[int] = (1, 1)) -> DenseConv:
     """A :class:`DenseConv` with this block's shared knobs: what ``dense_equivalent`` returns."""
-    return DenseConv(features, kernel_size=tuple(kernel_size), strides=tuple(strides),
-                     dilation=tuple(dilation), norm=self.norm, act=self.act, use_bias=self.use_bias,
+    return DenseConv(features, kernel_size=_pair(kernel_size), strides=_pair(strides),
+                     dilation=_pair(dilation), norm=self.norm, act=self.act, use_bias=self.use_bias,
                      dtype=self.dtype, param_dtype=self.param_dtype, parent=None)
 
   def input_channels(self, x: jax.Array) -> int:
@@ -103,8 +115,13 @@ def _pw(features: int, **kwargs: Any) -> ModuleDef:
 def _conv(features: int, kernel_size: Sequence[int], strides: Sequence[int] = (1, 1),
           dilation: Sequence[int] = (1, 1)) -> ModuleDef:
   """A dense kxk ``nn.Conv`` factory with SAME padding."""
-  return functools.partial(nn.Conv, features, tuple(kernel_size), strides=tuple(strides),
-                           padding="SAME", kernel_dilation=tuple(dilation))
+  return functools.partial(nn.Conv, features, _pair(kernel_size), strides=_pair(strides),
+                           padding="SAME", kernel_dilation=_pair(dilation))
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+  """(v, v) for an int, else the pair as a tuple (fields are validated when a block is built)."""
+  return (int(value), int(value)) if np.ndim(value) == 0 else tuple(int(v) for v in value)
 
 
 _CONV_PAIRS = ("kernel_size", "strides", "dilation")
@@ -172,7 +189,7 @@ class Bottleneck(Block):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     self.input_channels(x)
-    strides = tuple(self.strides)
+    strides = _pair(self.strides)
     residual = self.expand if self.residual is None else self.residual
     y = self.conv_norm_act(x, _pw(self.reduced_features),
                            name="reduce", train=train)
@@ -225,9 +242,9 @@ class DepthwiseSeparable(Block):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     self.input_channels(x)
-    strides = tuple(self.strides)
-    depthwise = functools.partial(DepthwiseConv, kernel_size=tuple(self.kernel_size), strides=strides,
-                                  dilation=tuple(self.dilation),
+    strides = _pair(self.strides)
+    depthwise = functools.partial(DepthwiseConv, kernel_size=_pair(self.kernel_size), strides=strides,
+                                  dilation=_pair(self.dilation),
                                   depth_multiplier=self.depth_multiplier, impl=self.impl)
     y = self.conv_norm_act(x, depthwise, name="depthwise", train=train, act=self.mid_act)
     y = self.conv_norm_act(y, _pw(self.features), name="pointwise",
@@ -241,43 +258,46 @@ class DepthwiseSeparable(Block):
     return self.dense_conv(self.features, self.kernel_size, self.strides, self.dilation)
 
 
-class SqueezeExcite(nn.Module):
+class SqueezeExcite(Block):
   """Squeeze-and-Excitation: global pool -> 1x1 to R -> act -> 1x1 to C -> gate -> rescale channels.
 
   Attributes:
     ratio: R = max(1, int(C·ratio)) unless ``reduced_features`` is given.
     reduced_features: R directly (EfficientNet sizes it from the block's input, not its width).
-    act: activation after the reduction (ReLU).
     gate: the channel gate (sigmoid; MobileNetV3 uses hard sigmoid).
+
+  Of :class:`Block`'s knobs: ``act`` follows the reduction (ReLU); ``use_bias`` defaults to True (the
+  two 1x1 convs act on pooled vectors and have biases, as in the paper); ``norm`` and
+  ``zero_init_last`` are accepted, so a network can hand every block the same knobs, and unused: SE
+  has no norm.
 
   Cost: 2·C·R MACs per example, params 2·C·R + R + C. ``dense_equivalent`` is the identity: SE adds
   cost and saves none, so its savings ratio is 0.
   """
   ratio: float = 0.25
   reduced_features: int | None = None
-  act: Activation = nn.relu
   gate: Activation = nn.sigmoid
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
 
   def __post_init__(self):
     owner = type(self).__name__
-    if not 0 < self.ratio <= 1:
-      raise ValueError(f"{owner}: ratio must be in (0, 1], got {self.ratio}")
+    if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not (
+        0 < self.ratio <= 1):
+      raise ValueError(f"{owner}: ratio must be a number in (0, 1], got {self.ratio!r}")
     if self.reduced_features is not None:
       validate.positive_int(owner, "reduced_features", self.reduced_features)
+    if not callable(self.gate):
+      raise TypeError(f"{owner}: gate must be a callable (e.g. nn.sigmoid), got {self.gate!r}")
     super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     del train  # no norm inside
-    validate.nhwc(type(self).__name__, "x", x)
-    c = x.shape[-1]
+    c = self.input_channels(x)
     reduced = self.reduced_features or max(1, int(c * self.ratio))
-    conv = functools.partial(PointwiseConv, use_bias=True, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
+    conv = functools.partial(PointwiseConv, use_bias=True if self.use_bias is None else self.use_bias,
+                             dtype=self.dtype, param_dtype=self.param_dtype)
     s = jnp.mean(x, axis=(1, 2), keepdims=True)
-    s = self.act(conv(reduced, name="reduce")(s))
+    s = self.activate(conv(reduced, name="reduce")(s))
     s = self.gate(conv(c, name="expand")(s))
     return x * s.astype(x.dtype)
 
@@ -331,17 +351,17 @@ class InvertedResidual(Block):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     cin = self.input_channels(x)
-    strides = tuple(self.strides)
+    strides = _pair(self.strides)
     hidden = cin * self.expansion
     y = x
     if self.expansion != 1:
       y = self.conv_norm_act(y, _pw(hidden), name="expand", train=train)
-    depthwise = functools.partial(DepthwiseConv, kernel_size=tuple(self.kernel_size), strides=strides,
-                                  dilation=tuple(self.dilation), impl=self.impl)
+    depthwise = functools.partial(DepthwiseConv, kernel_size=_pair(self.kernel_size), strides=strides,
+                                  dilation=_pair(self.dilation), impl=self.impl)
     y = self.conv_norm_act(y, depthwise, name="depthwise", train=train)
     if self.se_ratio is not None:
       y = SqueezeExcite(reduced_features=max(1, int(cin * self.se_ratio)), act=self.act or nn.relu,
-                        dtype=self.dtype, param_dtype=self.param_dtype, name="se")(y)
+                        dtype=self.dtype, param_dtype=self.param_dtype, name="se")(y, train=train)
     y = self.conv_norm_act(y, _pw(self.features), name="project",
                            train=train, act=False, last=True)
     residual = (strides == (1, 1) and cin == self.features) if self.residual is None else self.residual

@@ -97,6 +97,8 @@ class DepthwiseConv(nn.Module):
   def __post_init__(self):
     validate.fields(self, positive=("depth_multiplier",),
                     pairs=("kernel_size", "strides", "dilation"), choices={"impl": kernels.names()})
+    if isinstance(self.padding, str):  # other forms are checked against the input at call time
+      validate.one_of(type(self).__name__, "padding", self.padding, ("SAME", "VALID"))
     super().__post_init__()
 
   @nn.compact

@@ -41,7 +41,11 @@ def pointwise_conv(x: jax.Array, kernel: jax.Array, *, groups: int = 1,
   if getattr(kernel, "ndim", None) != 2:
     raise ValueError(f"{owner}: kernel must have rank 2 (Cin // groups, Cout), got shape "
                      f"{tuple(getattr(kernel, 'shape', ()))}")
+  validate.floating(owner, "kernel", kernel)
   cin, cout = x.shape[-1], kernel.shape[1]
+  if cout < 1:
+    raise ValueError(f"{owner}: kernel must have at least one output channel, got shape "
+                     f"{tuple(kernel.shape)}")
   if cin % groups:
     raise ValueError(f"{owner}: groups={groups} must divide the input channels {cin}")
   if cout % groups:
@@ -120,6 +124,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, *, strides: int | Sequence[i
   if getattr(kernel, "ndim", None) != 4:
     raise ValueError(f"{owner}: kernel must have rank 4 (kh, kw, 1, C * multiplier), got shape "
                      f"{tuple(getattr(kernel, 'shape', ()))}")
+  validate.floating(owner, "kernel", kernel)
   kh, kw, kin, kout = kernel.shape
   c = x.shape[-1]
   if kin != 1 or kout % c or kout == 0 or kh < 1 or kw < 1:

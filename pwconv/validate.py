@@ -39,6 +39,14 @@ def one_of(owner: str, name: str, value: Any, allowed: Sequence[str]) -> str:
   return value
 
 
+def floating(owner: str, name: str, x: Any) -> None:
+  """Raises unless ``x`` is an array with a real floating dtype (f32, bf16, ...)."""
+  dtype = getattr(x, "dtype", None)
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    got = jnp.dtype(dtype).name if dtype is not None else type(x).__name__
+    raise TypeError(f"{owner}: {name} must have a floating dtype, got {got}")
+
+
 def nhwc(owner: str, name: str, x: Any) -> None:
   """Raises unless ``x`` is a rank-4 (N, H, W, C) array with a floating dtype."""
   shape = getattr(x, "shape", None)
@@ -47,8 +55,7 @@ def nhwc(owner: str, name: str, x: Any) -> None:
     raise TypeError(f"{owner}: {name} must be an array of shape (N, H, W, C), got {type(x).__name__}")
   if len(shape) != 4:
     raise ValueError(f"{owner}: {name} must have rank 4 (N, H, W, C), got shape {tuple(shape)}")
-  if not jnp.issubdtype(dtype, jnp.floating):
-    raise TypeError(f"{owner}: {name} must have a floating dtype, got {jnp.dtype(dtype).name}")
+  floating(owner, name, x)
   if any(int(d) < 1 for d in shape):
     raise ValueError(f"{owner}: {name} must have no empty dimension, got shape {tuple(shape)}")
 

@@ -32,7 +32,7 @@ def _make(name, strides=(1, 1), kernel_size=(3, 3), **kw):
       "inverted_residual": lambda: pwconv.InvertedResidual(32, 4, kernel_size, strides, **kw),
       "inverted_residual_se": lambda: pwconv.InvertedResidual(32, 4, kernel_size, strides,
                                                               se_ratio=0.25, **kw),
-      "shuffle": lambda: pwconv.ShuffleUnit(48 if strides == (2, 2) else 32, groups=4,
+      "shuffle": lambda: pwconv.ShuffleUnit(48 if strides in ((2, 2), 2) else 32, groups=4,
                                             strides=strides, **kw),
       "mlpconv": lambda: pwconv.MLPConv(32, kernel_size, strides, **kw),
       "fire": lambda: pwconv.FireModule(4, 16, 16, **kw),
@@ -71,6 +71,17 @@ class ShapeTest(parameterized.TestCase):
     x = _x()
     y = self.variant(lambda v, x: block.apply(v, x))(block.init(jax.random.key(1), x), x)
     chex.assert_shape(y, (2, 8, 8, 32))
+
+  @parameterized.parameters(*STRIDED)
+  def test_int_sizes_mean_square(self, name):
+    kernel_size = 3 if name == "shuffle" else 5
+    pair = _make(name, (2, 2), (kernel_size, kernel_size))
+    ints = _make(name, 2, kernel_size)
+    x = _x()
+    variables = pair.init(jax.random.key(1), x)
+    chex.assert_trees_all_equal(ints.apply(variables, x), pair.apply(variables, x))
+    dense = ints.dense_equivalent(CIN)
+    chex.assert_shape(dense.apply(dense.init(jax.random.key(1), x), x), pair.apply(variables, x).shape)
 
   @parameterized.parameters(*ALL)
   def test_bf16_compute_close_to_f32(self, name):
@@ -255,7 +266,7 @@ class BadInputTest(parameterized.TestCase):
       (lambda: pwconv.ShuffleUnit(24, strides=(3, 3)),
        r"ShuffleUnit: strides must be \(1, 1\) or \(2, 2\)"),
       (lambda: pwconv.MLPConv(8, pointwise_layers=-1), "MLPConv: pointwise_layers must be >= 0"),
-      (lambda: pwconv.SqueezeExcite(ratio=0), r"SqueezeExcite: ratio must be in \(0, 1\], got 0"),
+      (lambda: pwconv.SqueezeExcite(ratio=0), r"SqueezeExcite: ratio must be a number in \(0, 1\], got 0"),
       (lambda: pwconv.DenseConv(8, kernel_size=(3, 3, 3)), "DenseConv: kernel_size must be an int or"),
   )
   def test_bad_fields(self, make, message):

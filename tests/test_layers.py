@@ -103,9 +103,11 @@ class DepthwiseConvTest(parameterized.TestCase):
     with self.assertRaisesRegex(error, message):
       pwconv.DepthwiseConv(**kwargs)
 
-  def test_bad_padding_at_call(self):
-    layer = pwconv.DepthwiseConv(padding="FULL")
-    with self.assertRaisesRegex(ValueError, "depthwise_conv: padding must be one of"):
+  def test_bad_padding(self):
+    with self.assertRaisesRegex(ValueError, "DepthwiseConv: padding must be one of"):
+      pwconv.DepthwiseConv(padding="FULL")
+    layer = pwconv.DepthwiseConv(padding=((1, 1), (1, -1)))  # checked against the input at call time
+    with self.assertRaisesRegex(ValueError, "depthwise_conv: padding must be >= 0, got -1"):
       layer.init(jax.random.key(0), jnp.zeros((1, 4, 4, 2)))
 
 
