@@ -20,7 +20,7 @@ ACTIVATIONS = ("relu", "relu6", "swish", "gelu")
 DISTRIBUTED = ("auto", "always", "never")
 
 # Keys that do not change what a run computes: a resumed run may differ from the first in these.
-RESUMABLE_DIFFERENCES = ("stop_after_steps", "timing_repeats", "log_every_steps", "eval_every_steps",
+RESUMABLE_DIFFERENCES = ("stop_after_steps", "timing_repeats", "eval_every_steps",
                          "checkpoint_every_steps", "checkpoints_to_keep", "num_devices",
                          "distributed", "data_dir")
 

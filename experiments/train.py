@@ -81,6 +81,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ratios vs the baseline, measured train-step and inference times and speedups, and test accuracy.
   """
   check_config(config)
+  if "://" in str(workdir):
+    raise ValueError(f"train_and_evaluate: workdir must be a local or mounted path (e.g. a gcsfuse "
+                     f"mount of a bucket), got {workdir!r}: the run writes it with file-system calls")
   quiet_orbax()
   distributed_init(config)
   dataset = data_lib.load_dataset(
@@ -101,10 +104,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                dataset.image_shape, config.batch_size, config.num_steps)
   pipeline = Pipeline(dataset, config, mesh)
   trained: dict[str, Trained] = {}
+  budget = Budget(config.stop_after_steps)
   try:
     with stop_on_sigterm() as stop:
       for name, model in variants.items():
-        trained[name] = train_variant(name, model, config, pipeline, mesh, writer, stop)
+        trained[name] = train_variant(name, model, config, pipeline, mesh, writer, stop, budget)
   except Preempted as e:
     logging.warning("%s", e)
     return {"rows": [], "preempted": True, "workdir": workdir, "message": str(e)}
@@ -137,8 +141,9 @@ def distributed_init(config: ml_collections.ConfigDict) -> None:
 
   ``config.distributed.initialize``: "never"; "always" (with ``coordinator_address``,
   ``num_processes`` and ``process_id`` from the config, or found by ``jax.distributed`` itself on TPU
-  pods and SLURM); "auto" (the default): only when the environment is a known cluster (a Cloud TPU
-  pod slice with several workers, or a SLURM job with several tasks).
+  pod slices and under SLURM); "auto" (the default): only when the environment says it is a
+  multi-process cluster (a SLURM job with several tasks, or ``TPU_WORKER_HOSTNAMES`` listing several
+  workers, as GKE sets it). Cloud TPU VM pod slices need "always".
   """
   if jax.distributed.is_initialized():
     return
@@ -249,7 +254,11 @@ class Pipeline:
                                  step=step)[self.local]
     images = self.dataset.train_images[idx]
     if cfg.augment:
-      images = augment(images, np.random.default_rng([cfg.seed, step, jax.process_index(), 1]))
+      # Drawn for the whole global batch, then sliced: the same crops however many processes.
+      rng = np.random.default_rng([cfg.seed, step, 1])
+      dy, dx = rng.integers(0, 9, size=(2, cfg.batch_size))
+      flip = rng.random(cfg.batch_size) < 0.5
+      images = augment(images, dy[self.local], dx[self.local], flip[self.local])
     return (self.global_array(self.standardise(images), cfg.batch_size),
             self.global_array(self.dataset.train_labels[idx], cfg.batch_size))
 
@@ -267,15 +276,13 @@ class Pipeline:
              self.global_array(mask.astype(np.float32), self.eval_batch))
 
 
-def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """Random crop after 4-pixel zero padding, and random horizontal flip, per image."""
+def augment(images: np.ndarray, dy: np.ndarray, dx: np.ndarray, flip: np.ndarray) -> np.ndarray:
+  """Crops each image at offset (dy, dx) in [0, 8] of its 4-pixel zero padding; flips where ``flip``."""
   n, h, w, _ = images.shape
   padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
-  dy, dx = rng.integers(0, 9, size=n), rng.integers(0, 9, size=n)
   rows = dy[:, None] + np.arange(h)[None]
   cols = dx[:, None] + np.arange(w)[None]
   out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
-  flip = rng.random(n) < 0.5
   out[flip] = out[flip, :, ::-1]
   return out
 
@@ -351,8 +358,8 @@ def evaluate(state: TrainState, pipeline: Pipeline, eval_fn) -> dict[str, float]
 
 
 def train_variant(name: str, model: nn.Module, config: ml_collections.ConfigDict,
-                  pipeline: Pipeline, mesh: Mesh, writer: report.Writer, stop: threading.Event
-                  ) -> Trained:
+                  pipeline: Pipeline, mesh: Mesh, writer: report.Writer, stop: threading.Event,
+                  budget: Budget) -> Trained:
   """Trains (or resumes, or just re-evaluates) one variant."""
   replicated = NamedSharding(mesh, P())
   data = pipeline.sharding
@@ -364,12 +371,12 @@ def train_variant(name: str, model: nn.Module, config: ml_collections.ConfigDict
                     out_shardings=replicated, donate_argnums=0)
   p_eval = jax.jit(eval_step, in_shardings=(replicated, data, data, data), out_shardings=replicated)
   with checkpoint_manager(writer.workdir, name, config) as manager:
-    return _train(name, config, pipeline, writer, stop, manager, state, p_train, p_eval)
+    return _train(name, config, pipeline, writer, stop, budget, manager, state, p_train, p_eval)
 
 
 def _train(name: str, config: ml_collections.ConfigDict, pipeline: Pipeline, writer: report.Writer,
-           stop: threading.Event, manager: ocp.CheckpointManager, state: TrainState, p_train,
-           p_eval) -> Trained:
+           stop: threading.Event, budget: Budget, manager: ocp.CheckpointManager,
+           state: TrainState, p_train, p_eval) -> Trained:
   """The training loop of :func:`train_variant`, from its latest checkpoint if there is one."""
   replicated = state.step.sharding
   start = 0
@@ -411,9 +418,12 @@ def _train(name: str, config: ml_collections.ConfigDict, pipeline: Pipeline, wri
     return False
 
   for step in range(start, total):
-    if stop_requested(stop, step, config):
+    reason = stop_reason(stop, step, config, budget)
+    if reason:
+      if not (_finite_so_far(state) or log(step)):
+        break  # diverged: nothing is saved
       _save(manager, step, state)
-      raise Preempted(f"[{name}] SIGTERM: saved a checkpoint at step {step} in "
+      raise Preempted(f"[{name}] {reason}: saved a checkpoint at step {step} in "
                       f"{manager.directory}; rerun with the same --workdir to resume")
     images, labels = pipeline.train_batch(step)
     state = p_train(state, images, labels, new_window[step % config.log_every_steps == 0])
@@ -433,10 +443,7 @@ def _train(name: str, config: ml_collections.ConfigDict, pipeline: Pipeline, wri
       writer.write(name, done, "test", evaluate(state, pipeline, p_eval))
     if at_ckpt or last:
       _save(manager, done, state)
-    if config.stop_after_steps and done >= config.stop_after_steps and not last:
-      _save(manager, done, state)
-      raise Preempted(f"[{name}] stopped after step {done} (config.stop_after_steps); rerun with the "
-                      "same --workdir to resume")
+    budget.trained += 1
   manager.wait_until_finished()
   final = evaluate(state, pipeline, p_eval)
   writer.write(name, total if result["status"] == "finished" else int(state.step), "test", final)
@@ -476,18 +483,31 @@ def _duration(seconds: float) -> str:
 # SIGTERM.
 
 
-def stop_requested(stop: threading.Event, step: int, config: ml_collections.ConfigDict) -> bool:
-  """Whether to checkpoint and stop before ``step``.
+@dataclasses.dataclass
+class Budget:
+  """Steps trained by this invocation, over all variants, against ``config.stop_after_steps``."""
+  limit: int
+  trained: int = 0
 
-  One process: as soon as its SIGTERM event is set. Several: every process must stop at the same step
-  (saving is collective), so the processes agree at each logging boundary: any one's SIGTERM stops all.
+
+def stop_reason(stop: threading.Event, step: int, config: ml_collections.ConfigDict,
+                budget: Budget) -> str:
+  """Why to checkpoint and stop before ``step`` ("" to go on).
+
+  ``config.stop_after_steps`` (> 0) ends an invocation once it has trained that many steps, whatever
+  it resumed from. SIGTERM: one process stops as soon as its event is set; several must stop at the
+  same step (saving is collective), so they agree at each logging boundary: any one's SIGTERM stops
+  all.
   """
+  if budget.limit and budget.trained >= budget.limit:
+    return f"stopped after {budget.trained} steps in this run (config.stop_after_steps)"
   if jax.process_count() == 1:
-    return stop.is_set()
-  if step % config.log_every_steps:
-    return False
-  flags = multihost_utils.process_allgather(np.asarray(stop.is_set()))
-  return bool(np.any(flags))
+    sigterm = stop.is_set()
+  elif step % config.log_every_steps:
+    sigterm = False
+  else:
+    sigterm = bool(np.any(multihost_utils.process_allgather(np.asarray(stop.is_set()))))
+  return "SIGTERM" if sigterm else ""
 
 
 

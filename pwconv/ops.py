@@ -113,7 +113,10 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, *, strides: int | Sequence[i
     padding: "SAME", "VALID", an int, or ((top, bottom), (left, right)).
     dilation: int or (dh, dw), each >= 1 (atrous convolution).
     impl: "auto" (fastest measured path on the current backend) or a name in
-      ``pwconv.kernels.names()``; "xla" is the reference ``lax.conv_general_dilated``.
+      ``pwconv.kernels.names()``; "xla" is the reference ``lax.conv_general_dilated``. Every impl
+      gives the same values and reverse-mode gradients; "shifted" and "pallas" define their
+      backward with ``jax.custom_vjp``, so forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``)
+      needs ``impl="xla"``.
 
   Returns:
     (N, Ho, Wo, C·multiplier). Cost: Ho·Wo·kh·kw·C·multiplier MACs per example (padded taps counted).

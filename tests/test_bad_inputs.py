@@ -319,3 +319,10 @@ def test_runner(case, tmp_path, monkeypatch):
   # Nothing was written that a later run could mistake for a good one; no code from a file ran.
   assert not workdir.exists() or not any(workdir.iterdir())
   assert not (tmp_path / "PWNED").exists()
+
+
+def test_runner_refuses_a_url_workdir(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ValueError, match=r"train_and_evaluate: workdir must be a local or mounted path"):
+    train.train_and_evaluate(smoke.get_config(), "gs://bucket/runs/x")
+  assert not any(tmp_path.iterdir())

@@ -116,7 +116,8 @@ def test_restore_on_a_different_device_count(runner, reference, tmp_path):
   workdir = tmp_path / "fewer_devices"
   rc, log = runner.run(workdir, *OVERRIDES, "--config.stop_after_steps=20", devices=8)
   assert rc == 0, log
-  assert "on cpu x 8 " in log and "[dense] stopped after step 20" in log
+  assert "on cpu x 8 " in log
+  assert "[dense] stopped after 20 steps in this run" in log and "checkpoint at step 20" in log
   rc, log = runner.run(workdir, *OVERRIDES, devices=1)
   assert rc == 0, log
   assert "on cpu x 1 " in log

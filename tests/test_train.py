@@ -106,20 +106,32 @@ def test_same_seed_same_result(reference, tmp_path):
 def test_resume_matches_uninterrupted_run(reference, tmp_path):
   ref_dir, ref = reference
   workdir = str(tmp_path / "resumed")
-  config = _config(variants=TWO, num_devices=1)
-  # Stop inside the second variant, between checkpoints (every 4 steps): step 6 of 8.
-  first = train.train_and_evaluate(_config(variants=TWO, num_devices=1, stop_after_steps=6), workdir)
-  assert first["preempted"]
-  assert "stopped after step 6" in first["message"]
-  assert os.listdir(os.path.join(workdir, "checkpoints", "dense"))
-  second = train.train_and_evaluate(config, workdir)
-  assert not second["preempted"]
-  for a, b in zip(second["rows"], ref["rows"]):
+  # Each invocation trains at most 6 steps (of 2 x 8), stopping between checkpoints (every 4 steps);
+  # the same command, resubmitted, goes on: dense 0-6, then dense 6-8 + separable 0-4, then 4-8.
+  config = _config(variants=TWO, num_devices=1, stop_after_steps=6)
+  results = [train.train_and_evaluate(config, workdir) for _ in range(3)]
+  assert [r["preempted"] for r in results] == [True, True, False]
+  assert results[0]["message"].startswith("[dense] stopped after 6 steps in this run")
+  assert "saved a checkpoint at step 6" in results[0]["message"]
+  assert results[1]["message"].startswith("[separable] stopped after 6 steps in this run")
+  assert "saved a checkpoint at step 4" in results[1]["message"]
+  for a, b in zip(results[2]["rows"], ref["rows"]):
     assert a["variant"] == b["variant"]
     assert a["test_accuracy"] == b["test_accuracy"]
     assert a["test_loss"] == b["test_loss"]
   # The log of the resumed run is the log of the uninterrupted one, line for line.
   assert _metrics(workdir) == _metrics(ref_dir)
+
+
+def test_augment_crops_and_flips():
+  images = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4, 1)
+  same = train.augment(images, np.array([4, 4]), np.array([4, 4]), np.array([False, False]))
+  np.testing.assert_array_equal(same, images)  # offset 4 of a 4-pixel padding is the image itself
+  moved = train.augment(images, np.array([3, 5]), np.array([4, 6]), np.array([False, True]))
+  np.testing.assert_array_equal(moved[0, 1:, :, 0], images[0, :3, :, 0])   # down one row
+  np.testing.assert_array_equal(moved[0, 0, :, 0], 0)                       # the padding
+  np.testing.assert_array_equal(moved[1, :3, 2:, 0], images[1, 1:, 2:, 0][:, ::-1])  # shifted, flipped
+  np.testing.assert_array_equal(moved[1, :, :2, 0], 0)
 
 
 def test_resume_refuses_a_different_config(reference, tmp_path):

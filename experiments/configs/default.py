@@ -56,7 +56,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 100
   config.checkpoints_to_keep = 2
   config.timing_repeats = 20    # medians of this many compiled calls for the measured-time columns
-  config.stop_after_steps = 0   # > 0: end this invocation after that step, checkpointed (time slices)
+  config.stop_after_steps = 0   # > 0: end each invocation after training this many steps (all
+                                # variants together), checkpointed; rerun to go on (time slices)
   config.num_devices = 0        # 0: every device; n: the first n (single process only)
 
   # Multi-host: "auto" starts jax.distributed on a detected cluster (TPU pod slice, SLURM).
