@@ -16,7 +16,7 @@ import time
 import pytest
 from conftest import Runner
 
-pytestmark = [pytest.mark.multiprocess, pytest.mark.slow, pytest.mark.xdist_group("processes")]
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 # Two variants (one with depthwise convs), long enough to interrupt part-way through a variant.
 OVERRIDES = ("--config.variants=('dense', 'separable')", "--config.model.width=16",
