@@ -153,8 +153,10 @@ def savings_table(rows: Sequence[Mapping[str, Any]], config: ml_collections.Conf
     body.append("| " + " | ".join(cells) + " |")
   notes = [f"Savings against `{config.baseline}` on {config.dataset} (batch {config.batch_size}, "
            f"{config.num_steps} steps, {config.dtype}). MACs per example, padded taps counted; "
-           "'x' columns are baseline / variant (> 1 is cheaper or faster); times are medians of "
-           f"{config.timing_repeats} compiled calls on this device, measured in one process; "
+           "'x' columns are baseline / variant (> 1 is cheaper or faster); 'train ms' is one train "
+           f"step on a batch of {config.batch_size}, 'infer ms' one eval step on a batch of "
+           f"{config.eval_batch_size}, each the median of {config.timing_repeats} compiled calls on "
+           "this device, measured in one process; "
            "Δacc is test accuracy minus the baseline's, in percentage points.", ""]
   messages = [f"- {row['message']}" for row in rows if row.get("message")]
   return "\n".join(notes + [header, rule] + body + ([""] + messages if messages else []))

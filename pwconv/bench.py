@@ -15,8 +15,9 @@ compiled, warmed up, median of repeats, in one process. Per case it prints:
   other device (every CPU) they are measured first with a matmul and a 256 MiB read probe.
 
 Flags: ``--quick`` (a CPU-sized suite, under 2 minutes on 2 cores), ``--json PATH``, ``--impl a,b``
-(rerun the depthwise cases with each implementation), ``--torch`` (add PyTorch ``conv2d`` timings of
-the depthwise, pointwise and dense cases when torch is installed), ``--dtype``, ``--batch``,
+(rerun the depthwise cases with each implementation), ``--torch`` (when torch is installed, time
+PyTorch doing what the bare depthwise and pointwise convs and the dense baseline blocks do:
+``conv2d``, plus ``batch_norm`` and ``relu`` for a dense block), ``--dtype``, ``--batch``,
 ``--repeats``, ``--cases`` (substrings of case names).
 """
 
@@ -181,51 +182,88 @@ def measure(case: Case, dtype: Any, repeats: int, peaks: Peaks) -> dict[str, Any
   return row
 
 
-def torch_rows(cases: Sequence[Case], dtype: Any, repeats: int) -> list[dict[str, Any]]:
-  """PyTorch ``conv2d`` (channels-last) on the shapes of the depthwise, pointwise and dense cases."""
+def _torch_mirror(module: nn.Module, channels: int) -> dict[str, Any] | None:
+  """What PyTorch must run to do the same work as ``module``; None when it has no plain mirror."""
+  if isinstance(module, pwconv.DepthwiseConv):
+    return dict(k=module.kernel_size[0], groups=channels, cout=channels, bias=False, bn=False,
+                relu=False)
+  if isinstance(module, pwconv.PointwiseConv):
+    return dict(k=1, groups=1, cout=module.features, bias=False, bn=False, relu=False)
+  if (isinstance(module, blocks.DenseConv) and tuple(module.strides) == (1, 1)
+      and tuple(module.dilation) == (1, 1) and module.norm in (None, blocks.batch_norm)
+      and module.act in (None, nn.relu) and module.kernel_size[0] == module.kernel_size[1]):
+    bn = module.norm is not None
+    return dict(k=module.kernel_size[0], groups=1, cout=module.features,
+                bias=(not bn) if module.use_bias is None else module.use_bias, bn=bn,
+                relu=module.act is not None)
+  return None
+
+
+def _torch_times(mirror: dict[str, Any], shape: Sequence[int], dtype: Any,
+                 repeats: int) -> tuple[float, float]:
+  """Median seconds of PyTorch's forward and forward+backward of ``mirror`` on an NHWC ``shape``."""
   import time
 
   import torch  # optional: only with --torch
+  import torch.nn.functional as F
 
   device = "cuda" if torch.cuda.is_available() else "cpu"
   tdtype = torch.bfloat16 if jnp.dtype(dtype) == jnp.bfloat16 else torch.float32
+  n, h, w, c = shape
+  k, groups, cout = mirror["k"], mirror["groups"], mirror["cout"]
+  new = lambda *size: torch.randn(*size, device=device, dtype=tdtype, requires_grad=True)
+  x = torch.randn(n, c, h, w, device=device, dtype=tdtype).to(memory_format=torch.channels_last)
+  x.requires_grad_(True)
+  weight = new(cout, c // groups, k, k)
+  bias = new(cout) if mirror["bias"] else None
+  scale, shift = (new(cout), new(cout)) if mirror["bn"] else (None, None)
+  mean = torch.zeros(cout, device=device, dtype=tdtype)
+  var = torch.ones(cout, device=device, dtype=tdtype)
+  params = [p for p in (weight, bias, scale, shift) if p is not None]
+
+  def apply(training: bool):
+    y = F.conv2d(x, weight, bias, padding=k // 2, groups=groups)
+    if mirror["bn"]:
+      y = F.batch_norm(y, mean, var, scale, shift, training=training, momentum=0.1, eps=1e-5)
+    return F.relu(y) if mirror["relu"] else y
+
+  def timed(fn):
+    for _ in range(2):
+      fn()
+    times = []
+    for _ in range(repeats):
+      if device == "cuda":
+        torch.cuda.synchronize()
+      start = time.perf_counter()
+      fn()
+      if device == "cuda":
+        torch.cuda.synchronize()
+      times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+  with torch.no_grad():
+    fwd = timed(lambda: apply(False))
+  return fwd, timed(lambda: torch.autograd.grad(apply(True).float().pow(2).sum(), (x, *params)))
+
+
+def torch_rows(cases: Sequence[Case], dtype: Any, repeats: int) -> list[dict[str, Any]]:
+  """PyTorch (channels-last) doing what the bare depthwise, pointwise and dense modules do.
+
+  A dense baseline block (conv -> BatchNorm -> ReLU) is mirrored as ``conv2d`` -> ``batch_norm`` ->
+  ``relu``, with running statistics in the forward timing and batch statistics in the
+  forward+backward one, as pwconv's rows are timed; blocks with no plain mirror are skipped.
+  """
   rows = []
   for case in cases:
     module = case.candidate if case.kind == "impl" else case.baseline
-    if isinstance(module, pwconv.DepthwiseConv):
-      k, groups, cout = module.kernel_size[0], case.shape[-1], case.shape[-1]
-    elif isinstance(module, pwconv.PointwiseConv):
-      k, groups, cout = 1, 1, module.features
-    elif isinstance(module, blocks.DenseConv):
-      k, groups, cout = module.kernel_size[0], 1, module.features
-    else:
+    mirror = _torch_mirror(module, case.shape[-1])
+    if mirror is None:
       continue
-    n, h, w, c = case.shape
-    x = torch.randn(n, c, h, w, device=device, dtype=tdtype).to(memory_format=torch.channels_last)
-    weight = torch.randn(cout, c // groups, k, k, device=device, dtype=tdtype, requires_grad=True)
-    x.requires_grad_(True)
-    conv = lambda: torch.nn.functional.conv2d(x, weight, padding=k // 2, groups=groups)
-
-    def timed(fn):
-      for _ in range(2):
-        fn()
-      times = []
-      for _ in range(repeats):
-        if device == "cuda":
-          torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-          torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-      return float(np.median(times))
-
-    with torch.no_grad():
-      fwd = timed(conv)
-    fwd_bwd = timed(lambda: torch.autograd.grad(conv().float().pow(2).sum(), (x, weight)))
+    fwd, fwd_bwd = _torch_times(mirror, case.shape, dtype, repeats)
+    op = (f"conv2d {mirror['k']}x{mirror['k']} groups={mirror['groups']}"
+          + (" + batch_norm" if mirror["bn"] else "") + (" + relu" if mirror["relu"] else ""))
     rows.append({"case": case.name, "module": "candidate" if case.kind == "impl" else "baseline",
-                 "torch_op": f"conv2d {k}x{k} groups={groups}",
-                 "torch_forward_s": fwd, "torch_forward_backward_s": fwd_bwd})
+                 "torch_op": op, "torch_forward_s": fwd, "torch_forward_backward_s": fwd_bwd})
   return rows
 
 
@@ -304,12 +342,17 @@ def main(argv: Sequence[str]) -> None:
   header = (f"pwconv.bench on {result['device']} ({result['backend']}, jax {result['jax']}), "
             f"{_DTYPE.value}; x = baseline time / candidate time, medians in one process")
   print(table(result["rows"], Peaks(**result["peaks"]), header))
-  ours = {r["case"]: r for r in result["rows"]}
+  ours: dict[str, dict[str, Any]] = {}
+  for r in result["rows"]:
+    ours.setdefault(r["case"], r)  # the first --impl's row
   for r in result["torch"]:
-    mine = ours[r["case"]][r["module"]]
+    row = ours[r["case"]]
+    mine = row[r["module"]]
+    impl = f", impl {row['impl']}" if r["module"] == "candidate" and row["impl"] != "-" else ""
     print(f"torch {r['torch_op']} on {r['case']} ({r['module']}): fwd "
-          f"{1e3 * r['torch_forward_s']:.3f} ms vs pwconv {1e3 * mine['forward_s']:.3f} ms; f+b "
-          f"{1e3 * r['torch_forward_backward_s']:.3f} ms vs {1e3 * mine['forward_backward_s']:.3f} ms")
+          f"{1e3 * r['torch_forward_s']:.3f} ms vs pwconv {1e3 * mine['forward_s']:.3f} ms{impl}; "
+          f"f+b {1e3 * r['torch_forward_backward_s']:.3f} ms vs "
+          f"{1e3 * mine['forward_backward_s']:.3f} ms")
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(result, f, indent=2)

@@ -72,3 +72,46 @@ def test_command_line_writes_json(tmp_path):
   result = json.loads(out.read_text())
   assert result["rows"][0]["theory_ratio"] == pytest.approx(
       160_563_200 / (28 * 28 * 25 * 128 + 28 * 28 * 128 * 64))
+
+
+def test_torch_mirrors_do_the_modules_work():
+  import flax.linen as nn
+
+  import pwconv
+
+  assert bench._torch_mirror(pwconv.DepthwiseConv((5, 5)), 128) == dict(
+      k=5, groups=128, cout=128, bias=False, bn=False, relu=False)
+  assert bench._torch_mirror(pwconv.PointwiseConv(256), 64) == dict(
+      k=1, groups=1, cout=256, bias=False, bn=False, relu=False)
+  # The dense baseline block is conv -> BatchNorm -> ReLU, with no conv bias before the norm.
+  assert bench._torch_mirror(blocks.DenseConv(64, (5, 5)), 128) == dict(
+      k=5, groups=1, cout=64, bias=False, bn=True, relu=True)
+  assert bench._torch_mirror(blocks.DenseConv(64, norm=None, act=None), 128) == dict(
+      k=3, groups=1, cout=64, bias=True, bn=False, relu=False)
+  # No plain mirror: skipped rather than timed as something else.
+  assert bench._torch_mirror(blocks.DenseConv(64, strides=(2, 2)), 128) is None
+  assert bench._torch_mirror(blocks.DenseConv(64, act=nn.gelu), 128) is None
+  assert bench._torch_mirror(blocks.Bottleneck(64, 16), 128) is None
+
+
+def test_torch_rows_when_torch_is_installed():
+  pytest.importorskip("torch")
+  selected = [c for c in bench.suite(quick=True, batch=1)
+              if c.name.startswith(("depthwise 3x3", "pointwise 1x1 28x28x64", "seed separable"))]
+  rows = bench.torch_rows(selected, "float32", repeats=1)
+  assert [(r["case"], r["module"], r["torch_op"]) for r in rows] == [
+      ("seed separable 5x5 28x28x128->64", "baseline", "conv2d 5x5 groups=1 + batch_norm + relu"),
+      ("depthwise 3x3 56x56x128", "candidate", "conv2d 3x3 groups=128"),
+      ("pointwise 1x1 28x28x64", "candidate", "conv2d 1x1 groups=1"),
+  ]
+  assert all(r["torch_forward_s"] > 0 and r["torch_forward_backward_s"] > 0 for r in rows)
+
+
+def test_torch_flag_without_torch_is_a_usage_error(tmp_path):
+  (tmp_path / "torch.py").write_text("raise ImportError('no torch here')\n")
+  env = dict(os.environ, XLA_FLAGS="", PYTHONPATH=os.pathsep.join(
+      [str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+  proc = subprocess.run([sys.executable, "-m", "pwconv.bench", "--quick", "--torch"],
+                        capture_output=True, text=True, env=env, timeout=300)
+  assert proc.returncode != 0
+  assert "--torch needs PyTorch installed" in proc.stderr
