@@ -74,8 +74,26 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                      "its files; nothing is downloaded)")
   if config.dataset == "synthetic":
     shape = tuple(_get(config, "synthetic.shape"))
-    if len(shape) != 3 or not all(isinstance(d, int) and d >= 1 for d in shape):
+    if len(shape) != 3 or not all(_is_int(d) and d >= 1 for d in shape):
       raise ValueError(f"config.synthetic.shape must be (H, W, C) of positive ints, got {shape!r}")
+    sizes = tuple(_get(config, "synthetic.sizes"))
+    if len(sizes) != 2 or not all(_is_int(d) and d >= 1 for d in sizes):
+      raise ValueError(f"config.synthetic.sizes must be (train, test) of positive ints, got "
+                       f"{sizes!r}")
+    _positive_int(config, "synthetic.num_classes", minimum=2)
+  if config.distributed.coordinator_address:
+    if config.distributed.initialize == "never":
+      raise ValueError("config.distributed.initialize is 'never' but "
+                       "config.distributed.coordinator_address is set; use 'auto' or 'always', or "
+                       "clear the address")
+    _positive_int(config, "distributed.num_processes")
+    _positive_int(config, "distributed.process_id", minimum=0)
+    if config.distributed.process_id >= config.distributed.num_processes:
+      raise ValueError(f"config.distributed.process_id must be < config.distributed.num_processes "
+                       f"({config.distributed.num_processes}), got {config.distributed.process_id}")
+  elif config.distributed.num_processes or config.distributed.process_id:
+    raise ValueError("config.distributed.num_processes and process_id are only used with "
+                     "config.distributed.coordinator_address, which is empty")
   # Build every model now, so a bad model config fails before the first variant trains.
   for v in variants:
     models.SmallNet(block=v, width=config.model.width, stages=config.model.stages,
@@ -112,9 +130,13 @@ def _get(config: ml_collections.ConfigDict, key: str) -> Any:
   return node
 
 
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _positive_int(config, key, minimum=1):
   value = _get(config, key)
-  if isinstance(value, bool) or not isinstance(value, int):
+  if not _is_int(value):
     raise TypeError(f"config.{key} must be an int, got {type(value).__name__} {value!r}")
   if value < minimum:
     raise ValueError(f"config.{key} must be >= {minimum}, got {value}")

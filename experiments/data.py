@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from absl import logging
 from sklearn import datasets as sk_datasets
 from sklearn import model_selection
 
@@ -344,7 +345,18 @@ def _cifar10(data_dir: str):
   """CIFAR-10 batches -> ((50000-ish train images, labels), (test images, labels)), NHWC."""
   folder, suffix = _find_cifar(data_dir)
   read = _read_cifar_binary if suffix else _read_cifar_pickle
-  batches = [read(os.path.join(folder, batch + suffix)) for batch in _CIFAR_BATCHES]
+  paths = [os.path.join(folder, batch + suffix) for batch in _CIFAR_BATCHES]
+  batches = [read(path) for path in paths]
+  for path, (pixels, _) in zip(paths, batches):
+    if not len(pixels):
+      raise ValueError(f"{path}: holds no images; an interrupted copy or extraction?")
+  # The release's batches hold 10,000 images each. A file cut exactly at a record boundary is
+  # well-formed, so uneven batches are worth a warning that names them (subsets are legitimate).
+  counts = [len(pixels) for pixels, _ in batches[:-1]]
+  if len(set(counts)) > 1:
+    logging.warning("cifar10: the training batches hold different numbers of images (%s); the "
+                    "release has 10,000 in each: is one truncated?",
+                    ", ".join(f"{os.path.basename(p)} {n}" for p, n in zip(paths, counts)))
   train_pixels = np.concatenate([pixels for pixels, _ in batches[:-1]])
   train_labels = np.concatenate([labels for _, labels in batches[:-1]])
   test_pixels, test_labels = batches[-1]

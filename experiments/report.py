@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -69,7 +70,7 @@ class Writer:
 
   def start_variant(self, variant: str, step: int) -> None:
     """Drops this variant's metrics logged after ``step`` (a resume re-logs them) and opens its
-    TensorBoard run, purging events after ``step``."""
+    TensorBoard run, purging events after ``step`` (those up to it are kept, as in metrics.jsonl)."""
     self.logged[variant] = set()
     if not self.is_writer:
       return
@@ -85,7 +86,10 @@ class Writer:
           self.logged[variant].add((row["split"], row["step"]))
     from tensorboardX import SummaryWriter  # imported late: it is slow to import
     self._tensorboard[variant] = SummaryWriter(
-        os.path.join(self.workdir, "tensorboard", variant), purge_step=step if step else None)
+        os.path.join(self.workdir, "tensorboard", variant), purge_step=step + 1,
+        # tensorboardX names files by the second and opens them with "wb": a resume within the
+        # same second would overwrite the last run's events without a suffix of its own.
+        filename_suffix=f".{os.getpid()}.{time.time_ns()}")
 
   def write(self, variant: str, step: int, split: str, metrics: Mapping[str, float]) -> None:
     """Appends one row (once: a row a resumed run already has is not written again)."""

@@ -85,6 +85,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     raise ValueError(f"train_and_evaluate: workdir must be a local or mounted path (e.g. a gcsfuse "
                      f"mount of a bucket), got {workdir!r}: the run writes it with file-system calls")
   quiet_orbax()
+  # SIGTERM is caught for the whole run, start-up and report included, not only while training.
+  with stop_on_sigterm() as stop:
+    return _train_and_report(config, workdir, stop)
+
+
+def _train_and_report(config: ml_collections.ConfigDict, workdir: str,
+                      stop: threading.Event) -> dict[str, Any]:
   distributed_init(config)
   dataset = data_lib.load_dataset(
       config.dataset, data_dir=config.data_dir or None, seed=config.seed,
@@ -106,9 +113,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   trained: dict[str, Trained] = {}
   budget = Budget(config.stop_after_steps)
   try:
-    with stop_on_sigterm() as stop:
-      for name, model in variants.items():
-        trained[name] = train_variant(name, model, config, pipeline, mesh, writer, stop, budget)
+    for name, model in variants.items():
+      trained[name] = train_variant(name, model, config, pipeline, mesh, writer, stop, budget)
+    if _any_process(stop.is_set()):
+      raise Preempted("SIGTERM after the last variant trained (every checkpoint is saved): the "
+                      "savings report was not written; rerun the same command to write it")
   except Preempted as e:
     logging.warning("%s", e)
     return {"rows": [], "preempted": True, "workdir": workdir, "message": str(e)}
@@ -120,6 +129,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       config, {name: profile_model(model, dataset.image_shape) for name, model in variants.items()},
       times, {name: t.result for name, t in trained.items()})
   writer.write_savings(rows)
+  if stop.is_set():
+    logging.warning("SIGTERM arrived while the report was measured and written; it is complete")
   return {"rows": rows, "preempted": False, "workdir": workdir}
 
 
@@ -141,14 +152,16 @@ def distributed_init(config: ml_collections.ConfigDict) -> None:
 
   ``config.distributed.initialize``: "never"; "always" (with ``coordinator_address``,
   ``num_processes`` and ``process_id`` from the config, or found by ``jax.distributed`` itself on TPU
-  pod slices and under SLURM); "auto" (the default): only when the environment says it is a
-  multi-process cluster (a SLURM job with several tasks, or ``TPU_WORKER_HOSTNAMES`` listing several
-  workers, as GKE sets it). Cloud TPU VM pod slices need "always".
+  pod slices and under SLURM); "auto" (the default): when ``coordinator_address`` is set, or when the
+  environment says it is a multi-process cluster (a SLURM job with several tasks, or
+  ``TPU_WORKER_HOSTNAMES`` listing several workers, as GKE sets it). Cloud TPU VM pod slices need
+  "always".
   """
   if jax.distributed.is_initialized():
     return
   mode = config.distributed.initialize
-  if mode == "never" or (mode == "auto" and not _in_cluster()):
+  if mode == "never" or (mode == "auto" and not config.distributed.coordinator_address
+                         and not _in_cluster()):
     return
   kwargs = {}
   if config.distributed.coordinator_address:
@@ -189,7 +202,8 @@ def build_model(config: ml_collections.ConfigDict, variant: str, num_classes: in
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """SGD with momentum or AdamW, linear warmup then cosine decay, weight decay on kernels only."""
+  """SGD with (Nesterov) momentum or AdamW (NAdamW with ``nesterov``; ``momentum`` is its b1), linear
+  warmup then cosine decay, weight decay on kernels only."""
   o = config.optimizer
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=o.learning_rate, warmup_steps=o.warmup_steps,
@@ -198,7 +212,8 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   if o.name == "sgd":
     return optax.chain(optax.add_decayed_weights(o.weight_decay, mask=decay_mask),
                        optax.sgd(schedule, momentum=o.momentum, nesterov=o.nesterov))
-  return optax.adamw(schedule, b1=o.momentum, weight_decay=o.weight_decay, mask=decay_mask)
+  return optax.adamw(schedule, b1=o.momentum, weight_decay=o.weight_decay, mask=decay_mask,
+                     nesterov=o.nesterov)
 
 
 def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
@@ -501,21 +516,25 @@ def stop_reason(stop: threading.Event, step: int, config: ml_collections.ConfigD
   """
   if budget.limit and budget.trained >= budget.limit:
     return f"stopped after {budget.trained} steps in this run (config.stop_after_steps)"
+  if jax.process_count() > 1 and step % config.log_every_steps:
+    return ""
+  return "SIGTERM" if _any_process(stop.is_set()) else ""
+
+
+def _any_process(flag: bool) -> bool:
+  """Whether ``flag`` is true on any process (a collective: every process must call it)."""
   if jax.process_count() == 1:
-    sigterm = stop.is_set()
-  elif step % config.log_every_steps:
-    sigterm = False
-  else:
-    sigterm = bool(np.any(multihost_utils.process_allgather(np.asarray(stop.is_set()))))
-  return "SIGTERM" if sigterm else ""
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 
 class stop_on_sigterm:
-  """Within this context, SIGTERM sets an event the training loop checks each step.
+  """Within this context, SIGTERM sets an event the run checks at each step and after training.
 
-  The loop then saves a checkpoint and returns; the process exits 0. Outside the main thread (where
-  signal handlers cannot be installed) the event exists but nothing sets it.
+  The loop then saves a checkpoint and returns, or (after the last variant) the run returns before
+  its report; the process exits 0 either way. Outside the main thread (where signal handlers cannot
+  be installed) the event exists but nothing sets it.
   """
 
   def __enter__(self) -> threading.Event:

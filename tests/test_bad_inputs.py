@@ -230,6 +230,19 @@ def _cifar_missing(tmp_path):
   return {"dataset": "cifar10", "data_dir": str(folder)}
 
 
+def _cifar_empty_batch(tmp_path):
+  """Binary batches in the release's record format, one of them left empty by a broken copy."""
+  folder = tmp_path / "cifar-10-batches-bin"
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
+               "test_batch"):
+    records = np.concatenate([rng.integers(0, 10, (4, 1)), rng.integers(0, 256, (4, 3072))], axis=1)
+    (folder / f"{name}.bin").write_bytes(b"" if name == "data_batch_3" else
+                                         records.astype(np.uint8).tobytes())
+  return {"dataset": "cifar10", "data_dir": str(tmp_path)}
+
+
 def _cifar_evil_pickle(tmp_path):
   import pickle
 
@@ -288,8 +301,30 @@ RUNNER_CASES = {
                             r"SmallNet: width must be >= 8 for block 'inception'"),
     "synthetic shape": (lambda tmp: {"synthetic.shape": (8, 8)}, ValueError,
                         r"config.synthetic.shape must be \(H, W, C\)"),
+    "synthetic sizes": (lambda tmp: {"synthetic.sizes": (0, 64)}, ValueError,
+                        r"config.synthetic.sizes must be \(train, test\) of positive ints, got "
+                        r"\(0, 64\)"),
+    "synthetic sizes length": (lambda tmp: {"synthetic.sizes": (256,)}, ValueError,
+                               r"config.synthetic.sizes must be \(train, test\)"),
+    "synthetic classes": (lambda tmp: {"synthetic.num_classes": 1}, ValueError,
+                          r"config.synthetic.num_classes must be >= 2, got 1"),
     "distributed": (lambda tmp: {"distributed.initialize": "sometimes"}, ValueError,
                     r"config.distributed.initialize must be one of"),
+    "distributed never with address": (
+        lambda tmp: {"distributed.initialize": "never", "distributed.coordinator_address": "h:1",
+                     "distributed.num_processes": 2}, ValueError,
+        r"config.distributed.initialize is 'never' but config.distributed.coordinator_address"),
+    "distributed processes": (
+        lambda tmp: {"distributed.coordinator_address": "h:1", "distributed.num_processes": 0},
+        ValueError, r"config.distributed.num_processes must be >= 1, got 0"),
+    "distributed process id": (
+        lambda tmp: {"distributed.coordinator_address": "h:1", "distributed.num_processes": 2,
+                     "distributed.process_id": 2}, ValueError,
+        r"config.distributed.process_id must be < config.distributed.num_processes \(2\), got 2"),
+    "distributed ids without address": (
+        lambda tmp: {"distributed.num_processes": 2, "distributed.process_id": 1}, ValueError,
+        r"config.distributed.num_processes and process_id are only used with "
+        r"config.distributed.coordinator_address"),
     "data_dir missing": (lambda tmp: {"dataset": "mnist"}, ValueError,
                          r"config.data_dir is required for dataset 'mnist'"),
     "data_dir not there": (lambda tmp: {"dataset": "fashion_mnist",
@@ -298,6 +333,8 @@ RUNNER_CASES = {
     "IDX truncated": (_mnist_truncated, ValueError, r"t10k-images-idx3-ubyte.*truncated"),
     "IDX gzip corrupt": (_mnist_corrupt_gzip, ValueError, r"train-images-idx3-ubyte.gz"),
     "CIFAR missing": (_cifar_missing, FileNotFoundError, r"data_batch_1"),
+    "CIFAR empty batch": (_cifar_empty_batch, ValueError,
+                          r"data_batch_3.bin: holds no images; an interrupted copy"),
     "CIFAR pickle that runs code": (_cifar_evil_pickle, ValueError, r"refusing to unpickle"),
 }
 

@@ -374,3 +374,17 @@ def test_steps_per_epoch_drops_remainder_and_checks():
   assert data.steps_per_epoch(1797, 128) == 14
   with pytest.raises(ValueError, match=r"steps_per_epoch: batch_size must be <= num_examples"):
     data.steps_per_epoch(10, 20)
+
+
+def test_cifar_uneven_batches_are_named_in_a_warning(tmp_path, caplog):
+  _write_cifar_binary(tmp_path, _cifar_batches())  # training batches of 3, 2, 2, 2 and 4 images
+  with caplog.at_level("WARNING"):
+    ds = data.load_dataset("cifar10", data_dir=tmp_path)
+  assert ds.num_train == 13
+  assert ("data_batch_1.bin 3, data_batch_2.bin 2, data_batch_3.bin 2, data_batch_4.bin 2, "
+          "data_batch_5.bin 4" in caplog.text)
+  caplog.clear()
+  _write_cifar_binary(tmp_path / "even", _cifar_batches((2, 2, 2, 2, 2, 3)))
+  with caplog.at_level("WARNING"):
+    data.load_dataset("cifar10", data_dir=tmp_path / "even")
+  assert "different numbers of images" not in caplog.text

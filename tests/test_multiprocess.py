@@ -93,6 +93,27 @@ def test_sigterm_saves_exits_0_and_rerun_resumes(runner, reference, tmp_path):
   assert runner.metrics(workdir) == runner.metrics(reference)
 
 
+def test_sigterm_outside_training_exits_0_and_rerun_writes_the_report(runner, reference, tmp_path):
+  workdir = tmp_path / "terminated_at_start"
+  shutil.copytree(reference, workdir)
+  (workdir / "savings.json").unlink()
+  log = str(workdir) + ".first.log"
+  proc = runner.start(workdir, *OVERRIDES, devices=1, log=log)
+  deadline = time.time() + 300
+  while "pwconv run:" not in open(log).read():  # logged once the run has started up
+    assert proc.poll() is None and time.time() < deadline, open(log).read()
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGTERM)  # before it restores the finished variants
+  assert proc.wait(timeout=120) == 0
+  first = open(log).read()
+  assert "SIGTERM after the last variant trained" in first, first
+  assert not (workdir / "savings.json").exists()
+  rc, log = runner.run(workdir, *OVERRIDES, devices=1)
+  assert rc == 0, log
+  assert _final(runner, workdir) == _final(runner, reference)
+  assert runner.metrics(workdir) == runner.metrics(reference)
+
+
 def test_half_written_checkpoint_is_ignored(runner, reference, tmp_path):
   workdir = tmp_path / "crashed_in_save"
   shutil.copytree(reference, workdir)

@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -22,6 +23,30 @@ def _config(**overrides) -> ml_collections.ConfigDict:
       node = node[p]
     node[leaf] = value
   return config
+
+
+def _tensorboard_scalars(rundir) -> dict[tuple[str, int], float]:
+  """{(tag, step): value} as TensorBoard shows a run: event files in name order, and a SessionLog
+  START at step T (tensorboardX's purge_step) hides the events at steps >= T written before it."""
+  import struct
+
+  from tensorboardX.proto import event_pb2
+
+  shown: list[tuple[str, int, float]] = []
+  for name in sorted(os.listdir(rundir)):
+    with open(os.path.join(rundir, name), "rb") as f:
+      data = f.read()
+    pos = 0
+    while pos < len(data):  # TFRecord: u64 length, u32 crc, payload, u32 crc
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+        shown = [s for s in shown if s[1] < event.step]
+      shown += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
+  scalars = {(tag, step): value for tag, step, value in shown}
+  assert len(scalars) == len(shown), "a scalar is shown twice"
+  return scalars
 
 
 def _metrics(workdir, split=None):
@@ -121,6 +146,13 @@ def test_resume_matches_uninterrupted_run(reference, tmp_path):
     assert a["test_loss"] == b["test_loss"]
   # The log of the resumed run is the log of the uninterrupted one, line for line.
   assert _metrics(workdir) == _metrics(ref_dir)
+  # And TensorBoard, as it reads the event files (purges applied), shows exactly that log.
+  for name in TWO:
+    logged = {(f"{r['split']}/{k}", r["step"]): v for r in _metrics(workdir) if r["variant"] == name
+              for k, v in r.items() if k not in ("variant", "step", "split")}
+    shown = _tensorboard_scalars(os.path.join(workdir, "tensorboard", name))
+    assert shown.keys() == logged.keys()
+    assert all(shown[key] == pytest.approx(logged[key], rel=1e-6) for key in logged)
 
 
 def test_augment_crops_and_flips():
@@ -166,3 +198,45 @@ def test_non_finite_loss_stops_the_variant_and_keeps_the_last_good_checkpoint(tm
   json.loads(open(os.path.join(workdir, "savings.json")).read(),
              parse_constant=lambda c: pytest.fail(f"non-JSON constant {c} in savings.json"))
   assert "the loss is not finite" in open(os.path.join(workdir, "savings.md")).read()
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_optimizer_honours_nesterov(name):
+  params = {"w": jnp.ones((3, 3)), "b": jnp.ones(3)}
+  grads = [{"w": jnp.full((3, 3), g), "b": jnp.full(3, -g)} for g in (0.5, 2.0, -1.0)]
+
+  def updates(nesterov):
+    opt = train.make_optimizer(_config(**{"optimizer.name": name, "optimizer.nesterov": nesterov}))
+    state, out = opt.init(params), []
+    for g in grads:
+      u, state = opt.update(g, state, params)
+      out.append(u)
+    return out
+
+  plain, nesterov = updates(False), updates(True)
+  assert not np.allclose(plain[-1]["w"], nesterov[-1]["w"])
+
+
+def test_distributed_init_starts_jax_distributed_only_when_asked(monkeypatch):
+  calls = []
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  monkeypatch.setattr(jax, "process_index", lambda: 0)  # the log line after initialize
+  for var in ("SLURM_NTASKS", "SLURM_PROCID", "TPU_WORKER_HOSTNAMES"):
+    monkeypatch.delenv(var, raising=False)
+
+  def init(**distributed):
+    calls.clear()
+    config = _config()
+    config.distributed.update(distributed)
+    train.distributed_init(config)
+    return list(calls)
+
+  assert init() == []  # auto, no cluster, no address: one process
+  address = {"coordinator_address": "host0:1234", "num_processes": 2, "process_id": 1}
+  assert init(**address) == [address]  # auto with an address: the address is used
+  assert init(initialize="always") == [{}]  # jax finds the cluster itself
+  monkeypatch.setenv("SLURM_NTASKS", "2")
+  monkeypatch.setenv("SLURM_PROCID", "1")
+  assert init() == [{}]
+  assert init(initialize="never") == []

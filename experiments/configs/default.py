@@ -40,7 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
       impl="auto",          # depthwise implementation (pwconv.kernels.names())
   ))
 
-  # Optimisation: the schedule is linear warmup then cosine decay to final_lr_fraction.
+  # Optimisation: the schedule is linear warmup then cosine decay to final_lr_fraction. For adamw,
+  # momentum is Adam's b1 and nesterov=True gives NAdamW; weight decay applies to kernels only.
   config.optimizer = ml_collections.ConfigDict(dict(
       name="sgd", learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
       warmup_steps=20, final_lr_fraction=0.0))
