@@ -47,8 +47,9 @@ class Block(nn.Module):
     act: activation after each norm (ReLU by default; ``jax.nn.relu6``, ``nn.swish``, ``nn.gelu`` ...);
       None is the identity. Blocks that end in a linear projection (InvertedResidual) skip it there.
     use_bias: conv biases; None means a bias exactly where no norm follows the conv.
-    zero_init_last: initialise the scale of the block's last norm to zero, so a residual block starts
-      as its shortcut (Goyal et al., 2017).
+    zero_init_last: initialise the scale of the norm that ends the residual branch to zero, so a
+      residual block starts as its shortcut (Goyal et al., 2017); blocks (or configurations) with no
+      shortcut ignore it, so a network can pass it to every block.
     dtype: computation dtype (e.g. ``jnp.bfloat16``); None infers it from inputs and params.
     param_dtype: dtype parameters are stored in.
   """
@@ -72,7 +73,12 @@ class Block(nn.Module):
 
   def conv_norm_act(self, x: jax.Array, conv: ModuleDef, *, name: str, train: bool,
                     act: bool = True, last: bool = False) -> jax.Array:
-    """``conv(name=name)`` -> ``norm(name=name + "_norm")`` -> ``act``: the unit of every block."""
+    """``conv(name=name)`` -> ``norm(name=name + "_norm")`` -> ``act``: the unit of every block.
+
+    ``last``: this unit ends a residual branch (its output is added to a shortcut), so
+    ``zero_init_last`` zeroes its norm's scale. Units of blocks without a shortcut never pass it: a
+    zeroed norm there would cut the signal off.
+    """
     use_bias = self.norm is None if self.use_bias is None else self.use_bias
     x = conv(name=name, use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype)(x)
     if self.norm is not None:
@@ -149,7 +155,7 @@ class DenseConv(Block):
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     self.input_channels(x)
     conv = _conv(self.features, self.kernel_size, self.strides, self.dilation)
-    return self.conv_norm_act(x, conv, name="conv", train=train, last=True)
+    return self.conv_norm_act(x, conv, name="conv", train=train)
 
   def dense_equivalent(self, in_features: int) -> DenseConv:
     _check_in_features(type(self).__name__, in_features)
@@ -195,10 +201,11 @@ class Bottleneck(Block):
                            name="reduce", train=train)
     mid = self.reduced_features if self.expand else self.features
     y = self.conv_norm_act(y, _conv(mid, self.kernel_size, strides, self.dilation), name="conv",
-                           train=train, act=self.expand or not residual, last=not self.expand)
+                           train=train, act=self.expand or not residual,
+                           last=residual and not self.expand)
     if self.expand:
       y = self.conv_norm_act(y, _pw(self.features), name="expand",
-                             train=train, act=False, last=True)
+                             train=train, act=False, last=residual)
     if residual:
       y = y + self.shortcut_branch(x, self.features, strides, train=train)
     return self.activate(y) if (residual or self.expand) else y
@@ -248,7 +255,7 @@ class DepthwiseSeparable(Block):
                                   depth_multiplier=self.depth_multiplier, impl=self.impl)
     y = self.conv_norm_act(x, depthwise, name="depthwise", train=train, act=self.mid_act)
     y = self.conv_norm_act(y, _pw(self.features), name="pointwise",
-                           train=train, act=not self.residual, last=True)
+                           train=train, act=not self.residual, last=self.residual)
     if self.residual:
       y = self.activate(y + self.shortcut_branch(x, self.features, strides, train=train))
     return y
@@ -362,9 +369,9 @@ class InvertedResidual(Block):
     if self.se_ratio is not None:
       y = SqueezeExcite(reduced_features=max(1, int(cin * self.se_ratio)), act=self.act or nn.relu,
                         dtype=self.dtype, param_dtype=self.param_dtype, name="se")(y, train=train)
-    y = self.conv_norm_act(y, _pw(self.features), name="project",
-                           train=train, act=False, last=True)
     residual = (strides == (1, 1) and cin == self.features) if self.residual is None else self.residual
+    y = self.conv_norm_act(y, _pw(self.features), name="project",
+                           train=train, act=False, last=residual)
     if residual:
       y = y + self.shortcut_branch(x, self.features, strides, train=train)
     return y
@@ -450,9 +457,9 @@ class FireModule(Block):
                            train=train)
     act = not self.residual
     e1 = self.conv_norm_act(s, _pw(self.expand1x1), name="expand1x1",
-                            train=train, act=act, last=True)
+                            train=train, act=act, last=self.residual)
     e3 = self.conv_norm_act(s, _conv(self.expand3x3, (3, 3)), name="expand3x3", train=train,
-                            act=act, last=True)
+                            act=act, last=self.residual)
     y = jnp.concatenate([e1, e3], axis=-1)
     if self.residual:
       y = self.activate(y + self.shortcut_branch(x, y.shape[-1], (1, 1), train=train))
@@ -521,7 +528,7 @@ class ShuffleUnit(Block):
     depthwise = functools.partial(DepthwiseConv, kernel_size=(3, 3), strides=strides, impl=self.impl)
     y = self.conv_norm_act(y, depthwise, name="depthwise", train=train, act=False)
     y = self.conv_norm_act(y, _pw(out, groups=self.groups),
-                           name="expand", train=train, act=False, last=True)
+                           name="expand", train=train, act=False, last=not downsample)
     if downsample:
       pooled = nn.avg_pool(x, (3, 3), strides=(2, 2), padding="SAME", count_include_pad=False)
       return self.activate(jnp.concatenate([y, pooled.astype(y.dtype)], axis=-1))
@@ -559,10 +566,9 @@ class MLPConv(Block):
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     self.input_channels(x)
     y = self.conv_norm_act(x, _conv(self.features, self.kernel_size, self.strides), name="conv",
-                           train=train, last=self.pointwise_layers == 0)
+                           train=train)
     for i in range(self.pointwise_layers):
-      y = self.conv_norm_act(y, _pw(self.features),
-                             name=f"pointwise{i}", train=train, last=i == self.pointwise_layers - 1)
+      y = self.conv_norm_act(y, _pw(self.features), name=f"pointwise{i}", train=train)
     return y
 
   def dense_equivalent(self, in_features: int) -> DenseConv:

@@ -189,6 +189,22 @@ class ResidualTest(parameterized.TestCase):
       self.assertGreater(float(jnp.max(jnp.abs(plain.apply(plain.init(jax.random.key(1), x), x) - x))),
                          0.01)
 
+  def test_zero_init_last_leaves_blocks_without_a_shortcut_alone(self):
+    x = jax.nn.relu(_x((2, 8, 8, 32)))
+    for block in (pwconv.DenseConv(32), pwconv.MLPConv(32, pointwise_layers=2),
+                  pwconv.Bottleneck(32, 8, residual=False), pwconv.Bottleneck(32, 8, expand=False),
+                  pwconv.InvertedResidual(48, 4), pwconv.DepthwiseSeparable(32),
+                  pwconv.FireModule(8, 16, 16), pwconv.ShuffleUnit(64, groups=4, strides=2),
+                  pwconv.InceptionModule(8, 8, 8, 4, 4, 4)):
+      variables = block.init(jax.random.key(1), x)
+      zeroed = block.clone(zero_init_last=True)
+      chex.assert_trees_all_equal(zeroed.init(jax.random.key(1), x), variables)
+    # So a network handed the knob for every block still sees its input.
+    model = pwconv.models.SmallNet(block="inverted_residual", num_classes=4, zero_init_last=True)
+    images = _x((2, 8, 8, 1))
+    logits = model.apply(model.init(jax.random.key(0), images), images)
+    self.assertGreater(float(jnp.max(jnp.abs(logits[0] - logits[1]))), 1e-4)
+
   def test_inverted_residual_default_shortcut(self):
     x = _x((1, 8, 8, 16))
     same = pwconv.InvertedResidual(16).init(jax.random.key(0), x)["params"]
