@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,21 +41,29 @@ import pwconv
 from pwconv import blocks
 from pwconv import kernels
 from pwconv import timing
+from pwconv import validate
 
-# Peak dense matmul FLOP/s (bf16, f32) and memory bandwidth (bytes/s), from the vendors' data sheets.
-# Matched by substring of ``jax.devices()[0].device_kind``; the first match wins.
+# Peak dense matmul FLOP/s (bf16, f32) and memory bandwidth (bytes/s) per JAX device, from the
+# vendors' data sheets (dense, no sparsity). Matched as regular expressions against
+# ``jax.devices()[0].device_kind``, most specific first; the first match wins. f32 is the rate f32
+# matmuls get at JAX's default precision: TF32 on NVIDIA GPUs since Ampere (the T4 has none), one
+# bf16 pass on TPUs. TPU v2 and v3 expose each of a chip's two TensorCores as a device, so their
+# rows are per core; v4 and v5p cores pair into one device per chip.
 DEVICE_PEAKS: tuple[tuple[str, float, float, float], ...] = (
-    ("H200", 989e12, 67e12, 4.8e12),
-    ("H100", 989e12, 67e12, 3.35e12),
-    ("A100", 312e12, 19.5e12, 2.0e12),
-    ("L4", 121e12, 30e12, 0.3e12),
-    ("T4", 65e12, 8.1e12, 0.32e12),
-    ("TPU v5p", 459e12, 459e12, 2.76e12),
-    ("TPU v5 lite", 197e12, 197e12, 0.82e12),
-    ("TPU v5e", 197e12, 197e12, 0.82e12),
-    ("TPU v4", 275e12, 275e12, 1.2e12),
-    ("TPU v3", 123e12, 123e12, 0.9e12),
-    ("TPU v2", 45e12, 45e12, 0.6e12),
+    (r"\bH200\b", 989e12, 494e12, 4.8e12),
+    (r"\bH100\b.*\bPCIe\b", 756e12, 378e12, 2.0e12),
+    (r"\bH100\b", 989e12, 494e12, 3.35e12),
+    (r"\bA100\b", 312e12, 156e12, 2.0e12),
+    (r"\bL40S\b", 362e12, 183e12, 0.864e12),
+    (r"\bL40\b", 181e12, 90.5e12, 0.864e12),
+    (r"\bL4\b", 121e12, 60e12, 0.3e12),
+    (r"\bT4\b", 65e12, 8.1e12, 0.32e12),
+    (r"\bTPU v6 ?(lite|e)\b", 918e12, 918e12, 1.64e12),
+    (r"\bTPU v5p\b", 459e12, 459e12, 2.76e12),
+    (r"\bTPU v5 ?(lite|e)\b", 197e12, 197e12, 0.82e12),
+    (r"\bTPU v4\b", 275e12, 275e12, 1.2e12),
+    (r"\bTPU v3\b", 61.5e12, 61.5e12, 0.45e12),
+    (r"\bTPU v2\b", 22.5e12, 22.5e12, 0.3e12),
 )
 
 
@@ -79,8 +88,8 @@ class Case:
 def device_peaks(dtype: Any, probe_size: int = 2048) -> Peaks:
   """The current device's peaks: from :data:`DEVICE_PEAKS`, else measured by a matmul and a copy."""
   kind = jax.devices()[0].device_kind
-  for key, bf16, f32, bandwidth in DEVICE_PEAKS:
-    if key.lower() in kind.lower():
+  for pattern, bf16, f32, bandwidth in DEVICE_PEAKS:
+    if re.search(pattern, kind, re.IGNORECASE):
       return Peaks(bf16 if jnp.dtype(dtype) == jnp.bfloat16 else f32, bandwidth, "table")
   a = jnp.ones((probe_size, probe_size), dtype)
   matmul = timing.time_fn(lambda a: a @ a, a, repeats=10)
@@ -94,7 +103,7 @@ def device_peaks(dtype: Any, probe_size: int = 2048) -> Peaks:
 
 def suite(quick: bool, batch: int | None) -> list[Case]:
   """The cases: the seed example, depthwise and pointwise ops, and each block family."""
-  n = batch or (8 if quick else 64)
+  n = (8 if quick else 64) if batch is None else validate.positive_int("bench", "--batch", batch)
   cases = [
       Case("seed bottleneck 5x5 28x28x128->64",
            blocks.Bottleneck(64, 32, (5, 5), expand=False, residual=False),
@@ -299,7 +308,9 @@ def run(*, quick: bool = False, impls: Sequence[str] = ("auto",), dtype: str = "
   if dtype not in ("float32", "bfloat16"):
     raise ValueError(f"bench: --dtype must be 'float32' or 'bfloat16', got {dtype!r}")
   jdtype = jnp.dtype(dtype)
-  repeats = repeats or (5 if quick else 20)
+  if repeats is None:
+    repeats = 5 if quick else 20
+  validate.positive_int("bench", "--repeats", repeats)
   selected = [c for c in suite(quick, batch) if not cases or any(s in c.name for s in cases)]
   if not selected:
     raise ValueError(f"bench: --cases {list(cases)} matches no case")

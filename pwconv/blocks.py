@@ -67,8 +67,12 @@ class Block(nn.Module):
       if value is not None and not callable(value):
         raise TypeError(f"{owner}: {name} must be a callable (e.g. {example}) or None, got "
                         f"{value!r}")
-    if self.use_bias is not None and not isinstance(self.use_bias, bool):
-      raise TypeError(f"{owner}: use_bias must be True, False or None, got {self.use_bias!r}")
+    if isinstance(self.norm, nn.Module):
+      raise TypeError(f"{owner}: norm must be a factory called with name=..., dtype=..., "
+                      f"param_dtype=... (e.g. pwconv.batch_norm or functools.partial(nn.GroupNorm, "
+                      f"num_groups=8)), not a module instance: got {self.norm!r}")
+    validate.boolean(owner, "use_bias", self.use_bias, allow_none=True)
+    validate.boolean(owner, "zero_init_last", self.zero_init_last)
     super().__post_init__()
 
   def conv_norm_act(self, x: jax.Array, conv: ModuleDef, *, name: str, train: bool,
@@ -189,7 +193,8 @@ class Bottleneck(Block):
   dilation: Sequence[int] = (1, 1)
 
   def __post_init__(self):
-    validate.fields(self, positive=("features", "reduced_features"), pairs=_CONV_PAIRS)
+    validate.fields(self, positive=("features", "reduced_features"), pairs=_CONV_PAIRS,
+                    booleans=("expand",), optional_booleans=("residual",))
     super().__post_init__()
 
   @nn.compact
@@ -243,7 +248,7 @@ class DepthwiseSeparable(Block):
 
   def __post_init__(self):
     validate.fields(self, positive=("features", "depth_multiplier"), pairs=_CONV_PAIRS,
-                    choices={"impl": kernels.names()})
+                    choices={"impl": kernels.names()}, booleans=("mid_act", "residual"))
     super().__post_init__()
 
   @nn.compact
@@ -287,9 +292,7 @@ class SqueezeExcite(Block):
 
   def __post_init__(self):
     owner = type(self).__name__
-    if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not (
-        0 < self.ratio <= 1):
-      raise ValueError(f"{owner}: ratio must be a number in (0, 1], got {self.ratio!r}")
+    validate.number(owner, "ratio", self.ratio, low=0, high=1, low_open=True)
     if self.reduced_features is not None:
       validate.positive_int(owner, "reduced_features", self.reduced_features)
     if not callable(self.gate):
@@ -350,9 +353,9 @@ class InvertedResidual(Block):
 
   def __post_init__(self):
     validate.fields(self, positive=("features", "expansion"), pairs=_CONV_PAIRS,
-                    choices={"impl": kernels.names()})
-    if self.se_ratio is not None and not 0 < self.se_ratio <= 1:
-      raise ValueError(f"{type(self).__name__}: se_ratio must be None or in (0, 1], got {self.se_ratio}")
+                    choices={"impl": kernels.names()}, optional_booleans=("residual",))
+    if self.se_ratio is not None:
+      validate.number(type(self).__name__, "se_ratio", self.se_ratio, low=0, high=1, low_open=True)
     super().__post_init__()
 
   @nn.compact
@@ -404,7 +407,7 @@ class InceptionModule(Block):
 
   def __post_init__(self):
     validate.fields(self, positive=("f1x1", "f3x3_reduce", "f3x3", "f5x5_reduce", "f5x5",
-                                    "pool_proj"))
+                                    "pool_proj"), booleans=("naive",))
     super().__post_init__()
 
   @nn.compact
@@ -447,7 +450,7 @@ class FireModule(Block):
   residual: bool = False
 
   def __post_init__(self):
-    validate.fields(self, positive=("squeeze", "expand1x1", "expand3x3"))
+    validate.fields(self, positive=("squeeze", "expand1x1", "expand3x3"), booleans=("residual",))
     super().__post_init__()
 
   @nn.compact
@@ -494,11 +497,11 @@ class ShuffleUnit(Block):
 
   def __post_init__(self):
     owner = type(self).__name__
-    validate.fields(self, positive=("features", "groups"), choices={"impl": kernels.names()})
+    validate.fields(self, positive=("features", "groups"), choices={"impl": kernels.names()},
+                    booleans=("group_first",))
     if tuple(validate.int_pair(owner, "strides", self.strides)) not in ((1, 1), (2, 2)):
       raise ValueError(f"{owner}: strides must be (1, 1) or (2, 2), got {self.strides!r}")
-    if not 0 < self.bottleneck_ratio <= 1:
-      raise ValueError(f"{owner}: bottleneck_ratio must be in (0, 1], got {self.bottleneck_ratio}")
+    validate.number(owner, "bottleneck_ratio", self.bottleneck_ratio, low=0, high=1, low_open=True)
     super().__post_init__()
 
   @nn.compact

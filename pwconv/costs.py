@@ -130,10 +130,13 @@ def profile(module_or_fn: nn.Module | Callable[..., Any], *example_args: Any,
       ``__call__`` takes ``train``), or a function of arrays. For a function, ``params`` counts the
       conv/dot weight operands that are its own inputs.
     *example_args: example inputs, e.g. ``jax.ShapeDtypeStruct((1, 28, 28, 128), jnp.float32)``.
-    **example_kwargs: keyword arguments passed through to the module or function.
+    **example_kwargs: keyword arguments passed through to the module or function (``train=True``
+      works too: batch statistics and dropout change no count).
 
   Returns:
-    A :class:`Profile`.
+    A :class:`Profile`. ``lax.scan`` bodies (and ``fori_loop`` with static bounds) count once per
+    iteration, ``lax.cond`` counts its most expensive branch, and a ``lax.while_loop`` whose body
+    holds convolutions or matmuls is a ``ValueError``: its trip count is unknown.
   """
   if not example_args:
     raise ValueError("profile: needs at least one example input after the module or function")
@@ -205,7 +208,10 @@ def _profile_module(module: nn.Module, args: list[Any], kwargs: dict[str, Any], 
                     shape: tuple[int, ...]) -> Profile:
   if "train" in inspect.signature(module.__call__).parameters:
     kwargs = {"train": False, **kwargs}
-  variables = jax.eval_shape(lambda *a: module.init(jax.random.key(0), *a, **kwargs), *args)
+  # Training-mode calls (train=True) may update batch statistics and draw dropout masks; neither
+  # changes a count, so every collection is mutable and a dropout key is supplied.
+  rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+  variables = jax.eval_shape(lambda *a: module.init(rngs, *a, **kwargs), *args)
   layers: dict[str, _Layer] = {}
 
   def record(next_fun, call_args, call_kwargs, context):
@@ -218,7 +224,8 @@ def _profile_module(module: nn.Module, args: list[Any], kwargs: dict[str, Any], 
     return out
 
   with nn.intercept_methods(record):
-    jaxpr = jax.make_jaxpr(lambda v, *a: module.apply(v, *a, **kwargs))(variables, *args)
+    jaxpr = jax.make_jaxpr(lambda v, *a: module.apply(v, *a, mutable=True, rngs=rngs, **kwargs))(
+        variables, *args)
   flat = jax.tree_util.tree_flatten_with_path(variables.get("params", {}))[0]
   for key_path, leaf in flat:
     path = "/".join(str(getattr(k, "key", k)) for k in key_path[:-1])
@@ -294,6 +301,12 @@ def _count(jaxpr: jax_core.Jaxpr, prefix: str = "", times: int = 1
       if name in _OPAQUE:
         continue
       inner_times = times * int(eqn.params.get("length", 1)) if name == "scan" else times
+      if name == "while" and any(m for sub in jax_core.jaxprs_in_params(eqn.params)
+                                 for _, m, *_ in _count(sub, stack, 1)):
+        raise ValueError(f"profile: a lax.while_loop at {stack or 'the top level'} contains "
+                         "convolutions or matmuls, and its trip count is unknown when tracing "
+                         "abstractly, so its MACs cannot be counted; use lax.scan or lax.fori_loop "
+                         "with static bounds (a scan), or a Python loop")
       branches = eqn.params.get("branches")
       if branches is not None:  # lax.cond: count the most expensive branch
         counts = [list(_count(b.jaxpr, stack, inner_times)) for b in branches]

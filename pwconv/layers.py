@@ -42,7 +42,8 @@ class PointwiseConv(nn.Module):
   bias_init: Initializer = nn.initializers.zeros_init()
 
   def __post_init__(self):
-    validate.fields(self, positive=("features", "groups"), pairs=("strides",))
+    validate.fields(self, positive=("features", "groups"), pairs=("strides",),
+                    booleans=("use_bias",))
     super().__post_init__()
 
   @nn.compact
@@ -96,7 +97,8 @@ class DepthwiseConv(nn.Module):
 
   def __post_init__(self):
     validate.fields(self, positive=("depth_multiplier",),
-                    pairs=("kernel_size", "strides", "dilation"), choices={"impl": kernels.names()})
+                    pairs=("kernel_size", "strides", "dilation"), choices={"impl": kernels.names()},
+                    booleans=("use_bias",))
     if isinstance(self.padding, str):  # other forms are checked against the input at call time
       validate.one_of(type(self).__name__, "padding", self.padding, ("SAME", "VALID"))
     super().__post_init__()

@@ -100,13 +100,11 @@ def _kw(**kwargs: Any) -> Any:
 
 
 def _check_rate(owner: str, name: str, value: float) -> None:
-  if not 0 <= value < 1:
-    raise ValueError(f"{owner}: {name} must be in [0, 1), got {value}")
+  validate.number(owner, name, value, low=0, high=1, high_open=True)
 
 
 def _check_multiplier(owner: str, value: float) -> None:
-  if not value > 0:
-    raise ValueError(f"{owner}: width_multiplier must be > 0, got {value}")
+  validate.number(owner, "width_multiplier", value, low=0, low_open=True)
 
 
 class Network(Block):
@@ -336,6 +334,12 @@ class ResNet(Network):
     validate.positive_int(owner, "num_classes", self.num_classes)
     validate.positive_int(owner, "num_filters", self.num_filters)
     validate.positive_int(owner, "expansion", self.expansion)
+    if (isinstance(self.stage_sizes, str) or not isinstance(self.stage_sizes, Sequence)
+        or not self.stage_sizes):
+      raise TypeError(f"{owner}: stage_sizes must be a non-empty sequence of ints (blocks per stage), "
+                      f"got {self.stage_sizes!r}")
+    for size in self.stage_sizes:
+      validate.positive_int(owner, "stage_sizes", size)
     super().__post_init__()
 
   @nn.compact
@@ -417,8 +421,7 @@ class SmallNet(Network):
       validate.positive_int(owner, name, getattr(self, name))
     validate.positive_int(owner, "pointwise_layers", self.pointwise_layers, minimum=0)
     validate.int_pair(owner, "kernel_size", self.kernel_size)
-    if not 0 < self.reduction <= 1:
-      raise ValueError(f"{owner}: reduction must be in (0, 1], got {self.reduction}")
+    validate.number(owner, "reduction", self.reduction, low=0, high=1, low_open=True)
     validate.one_of(owner, "impl", self.impl, kernels.names())
     minimum = {"fire": 2, "inception": 8}.get(self.block, 1)
     if self.width < minimum:

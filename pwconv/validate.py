@@ -32,6 +32,36 @@ def int_pair(owner: str, name: str, value: Any, *, minimum: int = 1) -> tuple[in
           positive_int(owner, name, value[1], minimum=minimum))
 
 
+def boolean(owner: str, name: str, value: Any, *, allow_none: bool = False) -> None:
+  """Raises unless ``value`` is True or False (or None with ``allow_none``): a string such as "no"
+  would otherwise read as True."""
+  if isinstance(value, (bool, np.bool_)) or (allow_none and value is None):
+    return
+  expected = "True, False or None" if allow_none else "True or False"
+  raise TypeError(f"{owner}: {name} must be {expected}, got {type(value).__name__} {value!r}")
+
+
+def number(owner: str, name: str, value: Any, *, low: float | None = None,
+           high: float | None = None, low_open: bool = False, high_open: bool = False) -> float:
+  """Returns ``value`` as a float, or raises unless it is a real number (not a bool) in the range
+  [low, high]; ``low_open``/``high_open`` exclude an end."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                  np.floating)):
+    raise TypeError(f"{owner}: {name} must be a number, got {type(value).__name__} {value!r}")
+  x = float(value)
+  too_low = low is not None and (x <= low if low_open else x < low)
+  too_high = high is not None and (x >= high if high_open else x > high)
+  if too_low or too_high or x != x:
+    if high is None:
+      expected = f"{'>' if low_open else '>='} {low:g}"
+    elif low is None:
+      expected = f"{'<' if high_open else '<='} {high:g}"
+    else:
+      expected = (f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+    raise ValueError(f"{owner}: {name} must be {expected}, got {value!r}")
+  return x
+
+
 def one_of(owner: str, name: str, value: Any, allowed: Sequence[str]) -> str:
   """Returns ``value`` if it is one of ``allowed``, else raises naming the choices."""
   if not isinstance(value, str) or value not in allowed:
@@ -61,8 +91,10 @@ def nhwc(owner: str, name: str, x: Any) -> None:
 
 
 def fields(module: Any, *, positive: Sequence[str] = (), pairs: Sequence[str] = (),
-           choices: Mapping[str, Sequence[str]] | None = None) -> None:
-  """Checks a module's fields by name: ints >= 1, ints-or-pairs >= 1, and strings from a list."""
+           choices: Mapping[str, Sequence[str]] | None = None, booleans: Sequence[str] = (),
+           optional_booleans: Sequence[str] = ()) -> None:
+  """Checks a module's fields by name: ints >= 1, ints-or-pairs >= 1, strings from a list, and
+  booleans (``optional_booleans`` may also be None)."""
   owner = type(module).__name__
   for name in positive:
     positive_int(owner, name, getattr(module, name))
@@ -70,3 +102,7 @@ def fields(module: Any, *, positive: Sequence[str] = (), pairs: Sequence[str] = 
     int_pair(owner, name, getattr(module, name))
   for name, allowed in (choices or {}).items():
     one_of(owner, name, getattr(module, name), allowed)
+  for name in booleans:
+    boolean(owner, name, getattr(module, name))
+  for name in optional_booleans:
+    boolean(owner, name, getattr(module, name), allow_none=True)

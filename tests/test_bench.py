@@ -58,6 +58,36 @@ def test_bad_arguments():
     bench.run(quick=True, cases=["nothing"])
   with pytest.raises(ValueError, match="bench: --dtype must be"):
     bench.run(quick=True, dtype="float16")
+  # 0 is an error, not "the default"; the suite is not built, nothing compiles.
+  with pytest.raises(ValueError, match="bench: --batch must be >= 1, got 0"):
+    bench.run(quick=True, batch=0)
+  with pytest.raises(ValueError, match="bench: --batch must be >= 1, got -2"):
+    bench.run(quick=True, batch=-2)
+  with pytest.raises(ValueError, match="bench: --repeats must be >= 1, got 0"):
+    bench.run(quick=True, repeats=0)
+
+
+@pytest.mark.parametrize("kind, peaks", [
+    ("NVIDIA H100 80GB HBM3", (989e12, 494e12, 3.35e12)),
+    ("NVIDIA H100 PCIe", (756e12, 378e12, 2.0e12)),
+    ("NVIDIA H200", (989e12, 494e12, 4.8e12)),
+    ("NVIDIA A100-SXM4-80GB", (312e12, 156e12, 2.0e12)),
+    ("NVIDIA L4", (121e12, 60e12, 0.3e12)),
+    ("NVIDIA L40S", (362e12, 183e12, 0.864e12)),
+    ("NVIDIA L40", (181e12, 90.5e12, 0.864e12)),
+    ("Tesla T4", (65e12, 8.1e12, 0.32e12)),
+    ("TPU v5 lite", (197e12, 197e12, 0.82e12)),
+    ("TPU v6 lite", (918e12, 918e12, 1.64e12)),
+    ("TPU v3", (61.5e12, 61.5e12, 0.45e12)),  # per TensorCore: a v3 chip is two devices
+])
+def test_device_peaks_match_the_most_specific_row(kind, peaks, monkeypatch):
+  class Device:
+    device_kind = kind
+
+  monkeypatch.setattr(bench.jax, "devices", lambda: [Device()])
+  bf16, f32, bandwidth = peaks
+  assert bench.device_peaks("bfloat16") == bench.Peaks(bf16, bandwidth, "table")
+  assert bench.device_peaks("float32") == bench.Peaks(f32, bandwidth, "table")
 
 
 @pytest.mark.slow

@@ -275,14 +275,14 @@ class BadInputTest(parameterized.TestCase):
       (lambda: pwconv.DepthwiseSeparable(8, impl="fast"), "DepthwiseSeparable: impl must be one of"),
       (lambda: pwconv.InvertedResidual(8, expansion=0), "InvertedResidual: expansion must be >= 1"),
       (lambda: pwconv.InvertedResidual(8, se_ratio=1.5),
-       r"InvertedResidual: se_ratio must be None or in \(0, 1\], got 1.5"),
+       r"InvertedResidual: se_ratio must be in \(0, 1\], got 1.5"),
       (lambda: pwconv.InceptionModule(8, 4, 8, 0, 4, 4), "InceptionModule: f5x5_reduce must be >= 1"),
       (lambda: pwconv.FireModule(0, 8, 8), "FireModule: squeeze must be >= 1, got 0"),
       (lambda: pwconv.ShuffleUnit(24, groups=0), "ShuffleUnit: groups must be >= 1, got 0"),
       (lambda: pwconv.ShuffleUnit(24, strides=(3, 3)),
        r"ShuffleUnit: strides must be \(1, 1\) or \(2, 2\)"),
       (lambda: pwconv.MLPConv(8, pointwise_layers=-1), "MLPConv: pointwise_layers must be >= 0"),
-      (lambda: pwconv.SqueezeExcite(ratio=0), r"SqueezeExcite: ratio must be a number in \(0, 1\], got 0"),
+      (lambda: pwconv.SqueezeExcite(ratio=0), r"SqueezeExcite: ratio must be in \(0, 1\], got 0"),
       (lambda: pwconv.DenseConv(8, kernel_size=(3, 3, 3)), "DenseConv: kernel_size must be an int or"),
   )
   def test_bad_fields(self, make, message):

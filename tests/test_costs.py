@@ -205,6 +205,33 @@ class ControlFlowTest(parameterized.TestCase):
     self.assertEqual(p.params, 64)
 
 
+  def test_while_loop_with_convs_is_refused_and_without_is_fine(self):
+    x, k = _spec((2, 8, 8, 16)), _spec((16, 16))
+
+    def repeated(x, k):  # a trip count tracing cannot know
+      return jax.lax.while_loop(lambda c: jnp.sum(c[0]) < 4.0,
+                                lambda c: (ops.pointwise_conv(c[0], k), c[1] + 1), (x, 0))[0]
+
+    with self.assertRaisesRegex(ValueError, r"profile: a lax.while_loop .* contains convolutions or "
+                                            r"matmuls"):
+      pwconv.profile(repeated, x, k)
+
+    def counted(x, k):  # only elementwise work in the loop: nothing to count there
+      y = jax.lax.while_loop(lambda c: c[1] < 3, lambda c: (c[0] * 2.0, c[1] + 1), (x, 0))[0]
+      return ops.pointwise_conv(y, k)
+
+    self.assertEqual(pwconv.profile(counted, x, k).macs, 8 * 8 * 16 * 16)
+
+  def test_training_mode_counts_as_inference(self):
+    block = pwconv.InvertedResidual(16, 4, se_ratio=0.25)
+    spec = _spec((2, 8, 8, 16))
+    train, infer = pwconv.profile(block, spec, train=True), pwconv.profile(block, spec)
+    self.assertEqual((train.macs, train.params), (infer.macs, infer.params))
+    model = pwconv.models.mobilenet_v2(width_multiplier=0.25, dropout_rate=0.2, num_classes=10)
+    self.assertEqual(pwconv.profile(model, _spec((1, 32, 32, 3)), train=True).macs,
+                     pwconv.profile(model, _spec((1, 32, 32, 3))).macs)
+
+
 class JitCacheTest(parameterized.TestCase):
 
   def test_profile_of_a_jitted_function_neither_reads_nor_poisons_its_cache(self):
