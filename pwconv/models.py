@@ -99,16 +99,22 @@ def _kw(**kwargs: Any) -> Any:
   return dataclasses.field(kw_only=True, **kwargs)
 
 
-def _check_rate(owner: str, name: str, value: float) -> None:
-  validate.number(owner, name, value, low=0, high=1, high_open=True)
-
-
 def _check_multiplier(owner: str, value: float) -> None:
   validate.number(owner, "width_multiplier", value, low=0, low_open=True)
 
 
 class Network(Block):
-  """A classifier built from blocks: :class:`Block`'s knobs, handed to every block it builds."""
+  """A classifier built from blocks: :class:`Block`'s knobs, handed to every block it builds.
+
+  Every network has a ``num_classes`` field, and some a ``dropout_rate``; both are checked here.
+  """
+
+  def __post_init__(self):
+    owner = type(self).__name__
+    validate.positive_int(owner, "num_classes", self.num_classes)
+    if hasattr(self, "dropout_rate"):
+      validate.number(owner, "dropout_rate", self.dropout_rate, low=0, high=1, high_open=True)
+    super().__post_init__()
 
   def knobs(self) -> dict[str, Any]:
     """norm, act, use_bias, zero_init_last, dtype, param_dtype: the keyword arguments of each block."""
@@ -148,7 +154,6 @@ class MobileNetV1(Network):
 
   def __post_init__(self):
     owner = type(self).__name__
-    validate.positive_int(owner, "num_classes", self.num_classes)
     _check_multiplier(owner, self.width_multiplier)
     validate.one_of(owner, "impl", self.impl, kernels.names())
     super().__post_init__()
@@ -193,9 +198,7 @@ class MobileNetV2(Network):
 
   def __post_init__(self):
     owner = type(self).__name__
-    validate.positive_int(owner, "num_classes", self.num_classes)
     _check_multiplier(owner, self.width_multiplier)
-    _check_rate(owner, "dropout_rate", self.dropout_rate)
     validate.one_of(owner, "impl", self.impl, kernels.names())
     super().__post_init__()
 
@@ -239,12 +242,6 @@ class SqueezeNet(Network):
   stem: int = _kw()
   fires: Sequence[Sequence[tuple[int, int, int]]] = _kw()
   dropout_rate: float = _kw(default=0.0)
-
-  def __post_init__(self):
-    owner = type(self).__name__
-    validate.positive_int(owner, "num_classes", self.num_classes)
-    _check_rate(owner, "dropout_rate", self.dropout_rate)
-    super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -291,12 +288,6 @@ class GoogLeNet(Network):
   inceptions: Sequence[Sequence[tuple[int, int, int, int, int, int]]] = _kw()
   dropout_rate: float = _kw(default=0.0)
 
-  def __post_init__(self):
-    owner = type(self).__name__
-    validate.positive_int(owner, "num_classes", self.num_classes)
-    _check_rate(owner, "dropout_rate", self.dropout_rate)
-    super().__post_init__()
-
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     conv1, reduce, conv2 = self.stem
@@ -331,7 +322,6 @@ class ResNet(Network):
 
   def __post_init__(self):
     owner = type(self).__name__
-    validate.positive_int(owner, "num_classes", self.num_classes)
     validate.positive_int(owner, "num_filters", self.num_filters)
     validate.positive_int(owner, "expansion", self.expansion)
     if (isinstance(self.stage_sizes, str) or not isinstance(self.stage_sizes, Sequence)
@@ -417,7 +407,7 @@ class SmallNet(Network):
   def __post_init__(self):
     owner = type(self).__name__
     validate.one_of(owner, "block", self.block, SMALLNET_BLOCKS)
-    for name in ("num_classes", "width", "stages", "depth", "expansion", "groups"):
+    for name in ("width", "stages", "depth", "expansion", "groups"):
       validate.positive_int(owner, name, getattr(self, name))
     validate.positive_int(owner, "pointwise_layers", self.pointwise_layers, minimum=0)
     validate.int_pair(owner, "kernel_size", self.kernel_size)
