@@ -211,8 +211,6 @@ def _torch_mirror(module: nn.Module, channels: int) -> dict[str, Any] | None:
 def _torch_times(mirror: dict[str, Any], shape: Sequence[int], dtype: Any,
                  repeats: int) -> tuple[float, float]:
   """Median seconds of PyTorch's forward and forward+backward of ``mirror`` on an NHWC ``shape``."""
-  import time
-
   import torch  # optional: only with --torch
   import torch.nn.functional as F
 
@@ -236,19 +234,10 @@ def _torch_times(mirror: dict[str, Any], shape: Sequence[int], dtype: Any,
       y = F.batch_norm(y, mean, var, scale, shift, training=training, momentum=0.1, eps=1e-5)
     return F.relu(y) if mirror["relu"] else y
 
-  def timed(fn):
-    for _ in range(2):
-      fn()
-    times = []
-    for _ in range(repeats):
-      if device == "cuda":
-        torch.cuda.synchronize()
-      start = time.perf_counter()
-      fn()
-      if device == "cuda":
-        torch.cuda.synchronize()
-      times.append(time.perf_counter() - start)
-    return float(np.median(times))
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+  def timed(fn):  # each call ends with the device idle, as jax.block_until_ready leaves it
+    return timing.time_calls(lambda: (fn(), sync())[-1], repeats=repeats).median_s
 
   with torch.no_grad():
     fwd = timed(lambda: apply(False))
