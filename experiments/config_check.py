@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 from typing import Any
 
@@ -12,6 +13,7 @@ from experiments import data as data_lib
 from experiments.configs import default
 from pwconv import kernels
 from pwconv import models
+from pwconv.layers import DepthwiseConv
 
 OPTIMIZERS = ("sgd", "adamw")
 DTYPES = ("float32", "bfloat16")
@@ -101,7 +103,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                     kernel_size=(config.model.kernel_size, config.model.kernel_size),
                     reduction=config.model.reduction, expansion=config.model.expansion,
                     groups=config.model.groups, pointwise_layers=config.model.pointwise_layers,
-                    impl=config.model.impl)
+                    depthwise_conv=functools.partial(DepthwiseConv, impl=config.model.impl))
 
 
 def config_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -197,7 +197,8 @@ def build_model(config: ml_collections.ConfigDict, variant: str, num_classes: in
   return models.SmallNet(
       block=variant, num_classes=num_classes, width=m.width, stages=m.stages, depth=m.depth,
       kernel_size=(m.kernel_size, m.kernel_size), reduction=m.reduction, expansion=m.expansion,
-      groups=m.groups, pointwise_layers=m.pointwise_layers, impl=m.impl, norm=NORMS[m.norm],
+      groups=m.groups, pointwise_layers=m.pointwise_layers,
+      depthwise_conv=functools.partial(pwconv.DepthwiseConv, impl=m.impl), norm=NORMS[m.norm],
       act=ACTIVATIONS[m.act], dtype=DTYPES[config.dtype])
 
 

@@ -24,6 +24,7 @@ PyTorch doing what the bare depthwise and pointwise convs and the dense baseline
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import sys
@@ -132,6 +133,19 @@ def suite(quick: bool, batch: int | None) -> list[Case]:
   for name, block, shape in families:
     cases.append(Case(name, block, block.dense_equivalent(shape[-1]), (n, *shape), "block"))
   return cases
+
+
+def _uses_depthwise(case: Case) -> bool:
+  """Whether the candidate runs a depthwise conv (so each ``--impl`` gets a row)."""
+  prof = pwconv.profile(case.candidate, jax.ShapeDtypeStruct(case.shape, jnp.float32))
+  return any("depthwise" in row.op for row in prof.rows)
+
+
+def _with_impl(module: nn.Module, impl: str) -> nn.Module:
+  """``module`` with its depthwise convs run by ``impl``."""
+  if isinstance(module, pwconv.DepthwiseConv):
+    return module.clone(impl=impl)
+  return module.clone(depthwise_conv=functools.partial(pwconv.DepthwiseConv, impl=impl))
 
 
 def _has_field(module: nn.Module, name: str) -> bool:
@@ -306,11 +320,11 @@ def run(*, quick: bool = False, impls: Sequence[str] = ("auto",), dtype: str = "
   peaks = device_peaks(jdtype)
   rows = []
   for case in selected:
-    if not _has_field(case.candidate, "impl"):  # no depthwise conv inside: one row
+    if not _uses_depthwise(case):  # no depthwise conv inside: one row
       rows.append(dict(measure(case, jdtype, repeats, peaks), impl="-"))
       continue
     for impl in impls:
-      row = measure(dataclasses.replace(case, candidate=case.candidate.clone(impl=impl)), jdtype,
+      row = measure(dataclasses.replace(case, candidate=_with_impl(case.candidate, impl)), jdtype,
                     repeats, peaks)
       rows.append(dict(row, impl=f"{impl}->{kernels.resolve(impl)}"))
   return {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),

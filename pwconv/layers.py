@@ -16,6 +16,14 @@ from pwconv import validate
 Dtype = Any
 Initializer = nn.initializers.Initializer
 
+# He (Kaiming) normal initialisation, std sqrt(2 / fan_out), as torchvision and timm initialise convs:
+# fan_out = kh·kw·Cout for an HWIO kernel, Cout for a pointwise (Cin, Cout) one. Norm-free networks
+# (GoogLeNet, SqueezeNet) keep their activations' scale through depth with it.
+he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# For a depthwise kernel (kh, kw, 1, C·m) each output sees kh·kw inputs and each input feeds kh·kw·m
+# outputs; fan-in (kh·kw) is timm's fan-out per group for m = 1.
+depthwise_he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
 
 class PointwiseConv(nn.Module):
   """1x1 convolution as a ``dot_general`` over channels.
@@ -38,7 +46,7 @@ class PointwiseConv(nn.Module):
   strides: Sequence[int] = (1, 1)
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
-  kernel_init: Initializer = nn.initializers.lecun_normal()
+  kernel_init: Initializer = he_normal
   bias_init: Initializer = nn.initializers.zeros_init()
 
   def __post_init__(self):
@@ -92,7 +100,7 @@ class DepthwiseConv(nn.Module):
   impl: str = "auto"
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
-  kernel_init: Initializer = nn.initializers.lecun_normal()
+  kernel_init: Initializer = depthwise_he_normal
   bias_init: Initializer = nn.initializers.zeros_init()
 
   def __post_init__(self):
@@ -115,3 +123,51 @@ class DepthwiseConv(nn.Module):
     y = ops.depthwise_conv(x, kernel, strides=self.strides, padding=self.padding,
                            dilation=self.dilation, impl=self.impl)
     return y + bias if bias is not None else y
+
+
+class DropPath(nn.Module):
+  """Stochastic depth (Huang et al. 2016): zeroes a residual branch per example with probability
+  ``rate`` while training and scales the kept ones by 1 / (1 - rate), so eval needs no rescaling.
+
+  Attributes:
+    rate: drop probability in [0, 1). At 0 (or with ``deterministic=True``) it is the identity and
+      draws no random numbers.
+
+  ``__call__(x, *, deterministic)``: x (N, ...) -> same shape; draws from the "dropout" rng stream.
+  """
+  rate: float = 0.0
+
+  def __post_init__(self):
+    validate.number(type(self).__name__, "rate", self.rate, low=0, high=1, high_open=True)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+    if self.rate == 0 or deterministic:
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
+
+
+class LayerScale(nn.Module):
+  """Per-channel learnt scale of a residual branch (CaiT; ConvNeXt, MobileNetV4): y = x · gamma.
+
+  Attributes:
+    init_value: initial gamma (ConvNeXt: 1e-6, so each block starts near its shortcut).
+    param_dtype: dtype of gamma.
+
+  ``gamma`` has shape (C,) for x (..., C); C params, no MACs.
+  """
+  init_value: float = 1e-6
+  param_dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    validate.number(type(self).__name__, "init_value", self.init_value)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    gamma = self.param("gamma", nn.initializers.constant(self.init_value), (x.shape[-1],),
+                       self.param_dtype)
+    return x * gamma.astype(x.dtype)

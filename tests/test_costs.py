@@ -1,5 +1,6 @@
 """profile() and savings(): exact counts, both conventions, XLA agreement, attribution and errors."""
 
+import functools
 import json
 
 import flax.linen as nn
@@ -11,6 +12,14 @@ from absl.testing import parameterized
 import pwconv
 from pwconv import kernels
 from pwconv import ops
+
+
+def _impl(impl):
+  """The depthwise factory that runs ``impl``."""
+  return functools.partial(pwconv.DepthwiseConv, impl=impl)
+
+
+XLA = _impl("xla")
 
 SEED_INPUT = (1, 28, 28, 128)
 
@@ -90,7 +99,7 @@ class ConventionTest(parameterized.TestCase):
     self.assertEqual(pwconv.profile(block, x), pwconv.profile(block, _spec(x.shape)))
 
   def test_same_counts_whatever_impl(self):
-    counts = {impl: pwconv.profile(pwconv.DepthwiseSeparable(32, strides=(2, 2), impl=impl),
+    counts = {impl: pwconv.profile(pwconv.DepthwiseSeparable(32, strides=(2, 2), depthwise_conv=_impl(impl)),
                                    _spec((1, 15, 15, 16)))
               for impl in kernels.names()}
     self.assertGreater(len(counts), 1)
@@ -114,10 +123,10 @@ XLA_BLOCKS = {
     "bottleneck_reduce": (pwconv.Bottleneck(24, 8, (5, 5), (2, 2), expand=False, residual=False), 0),
     "bottleneck_expand": (pwconv.Bottleneck(24, 8, (3, 3), (1, 1), residual=False,
                                             dilation=(2, 2)), 0),
-    "separable": (pwconv.DepthwiseSeparable(24, (3, 5), (2, 1), depth_multiplier=2, impl="xla"), 0),
-    "separable_dilated": (pwconv.DepthwiseSeparable(24, dilation=(2, 3), impl="xla"), 0),
-    "inverted_residual": (pwconv.InvertedResidual(24, 3, (5, 5), (2, 2), impl="xla"), 0),
-    "shuffle": (pwconv.ShuffleUnit(16, groups=4, impl="xla"), 2 * 9 * 10 * 16),
+    "separable": (pwconv.DepthwiseSeparable(24, (3, 5), (2, 1), depth_multiplier=2, depthwise_conv=XLA), 0),
+    "separable_dilated": (pwconv.DepthwiseSeparable(24, dilation=(2, 3), depthwise_conv=XLA), 0),
+    "inverted_residual": (pwconv.InvertedResidual(24, 3, (5, 5), (2, 2), depthwise_conv=XLA), 0),
+    "shuffle": (pwconv.ShuffleUnit(16, groups=4, depthwise_conv=XLA), 2 * 9 * 10 * 16),
     "mlpconv": (pwconv.MLPConv(24, (3, 3), (2, 2), pointwise_layers=2), 0),
     "fire": (pwconv.FireModule(4, 12, 12), 0),
 }

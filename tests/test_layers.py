@@ -32,11 +32,14 @@ class PointwiseConvTest(parameterized.TestCase):
     chex.assert_shape(y, (2, -(-7 // strides[0]), -(-8 // strides[1]), 9))
     chex.assert_trees_all_close(y, conv.apply({"params": conv_params}, x), rtol=1e-5, atol=1e-5)
 
-  def test_same_init_distribution_as_nn_conv(self):
+  def test_he_fan_out_init_as_torchvision(self):
+    # std sqrt(2 / fan_out), fan_out = Cout·kh·kw: torchvision's kaiming_normal_(mode="fan_out").
     x = jnp.zeros((1, 4, 4, 256))
-    ours = pwconv.PointwiseConv(256).init(jax.random.key(0), x)["params"]["kernel"]
-    theirs = nn.Conv(256, (1, 1)).init(jax.random.key(0), x)["params"]["kernel"]
-    self.assertAlmostEqual(float(jnp.std(ours)), float(jnp.std(theirs)), delta=0.002)
+    ours = pwconv.PointwiseConv(128).init(jax.random.key(0), x)["params"]["kernel"]
+    conv = nn.Conv(128, (3, 3), kernel_init=pwconv.layers.he_normal).init(jax.random.key(0), x)
+    self.assertAlmostEqual(float(jnp.std(ours)), (2 / 128) ** 0.5, delta=0.002)
+    self.assertAlmostEqual(float(jnp.std(conv["params"]["kernel"])), (2 / (128 * 9)) ** 0.5,
+                           delta=0.001)
 
   def test_bf16_compute_f32_params(self):
     x = _x((2, 4, 4, 8))

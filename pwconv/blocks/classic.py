@@ -1,169 +1,29 @@
-"""Blocks built around the 1x1 convolution (Flax linen).
+"""The classic blocks built around the 1x1 convolution (Flax linen).
 
 Every block is a linen dataclass whose fields read like its paper's table, plus the shared keyword-only
-knobs of :class:`Block`: ``norm`` and ``act`` (injected callables, None to drop), ``use_bias``,
-``zero_init_last``, ``dtype`` and ``param_dtype``. ``__call__(x, *, train=False)`` takes x (N, H, W, C);
-``train`` switches BatchNorm to batch statistics. ``dense_equivalent(in_features)`` returns the module the
-block stands in for, so :func:`pwconv.savings` can compare the two.
+knobs of :class:`~pwconv.blocks.base.Knobs` (``norm``, ``act``, ``use_bias``, ``zero_init_last``,
+``padding``, ``depthwise``, ``dtype``, ``param_dtype``). ``__call__(x, *, train=False)`` takes x (N, H, W,
+C); ``train`` switches BatchNorm to batch statistics. ``dense_equivalent(in_features)`` returns the
+module the block stands in for, so :func:`pwconv.savings` can compare the two.
 
 Costs below are MACs per example in the paper convention (padded taps counted); Ho, Wo is the output size.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from pwconv import kernels
 from pwconv import ops
 from pwconv import validate
-from pwconv.layers import DepthwiseConv, PointwiseConv
+from pwconv.blocks.base import CONV_PAIRS, Block, Identity, pair
+from pwconv.layers import PointwiseConv
 
-ModuleDef = Callable[..., nn.Module]
 Activation = Callable[[jax.Array], jax.Array]
-
-batch_norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
-
-
-def _kw(default: Any) -> Any:
-  return dataclasses.field(default=default, kw_only=True)
-
-
-class Block(nn.Module):
-  """Knobs every block shares (keyword-only) and the conv -> norm -> act unit blocks are built from.
-
-  Attributes:
-    norm: norm module factory called as ``norm(name=..., dtype=..., param_dtype=...)``; BatchNorm
-      (momentum 0.9, eps 1e-5) by default; any ``nn.GroupNorm``/``nn.LayerNorm`` partial works; None
-      drops every norm. BatchNorm-like norms get ``use_running_average=not train``.
-    act: activation after each norm (ReLU by default; ``jax.nn.relu6``, ``nn.swish``, ``nn.gelu`` ...);
-      None is the identity. Blocks that end in a linear projection (InvertedResidual) skip it there.
-    use_bias: conv biases; None means a bias exactly where no norm follows the conv.
-    zero_init_last: initialise the scale of the norm that ends the residual branch to zero, so a
-      residual block starts as its shortcut (Goyal et al., 2017); blocks (or configurations) with no
-      shortcut ignore it, so a network can pass it to every block.
-    dtype: computation dtype (e.g. ``jnp.bfloat16``); None infers it from inputs and params.
-    param_dtype: dtype parameters are stored in.
-  """
-  norm: ModuleDef | None = _kw(batch_norm)
-  act: Activation | None = _kw(nn.relu)
-  use_bias: bool | None = _kw(None)
-  zero_init_last: bool = _kw(False)
-  dtype: Any = _kw(None)
-  param_dtype: Any = _kw(jnp.float32)
-
-  def __post_init__(self):
-    owner = type(self).__name__
-    for name, example in (("norm", "pwconv.batch_norm"), ("act", "jax.nn.relu")):
-      value = getattr(self, name)
-      if value is not None and not callable(value):
-        raise TypeError(f"{owner}: {name} must be a callable (e.g. {example}) or None, got "
-                        f"{value!r}")
-    if isinstance(self.norm, nn.Module):
-      raise TypeError(f"{owner}: norm must be a factory called with name=..., dtype=..., "
-                      f"param_dtype=... (e.g. pwconv.batch_norm or functools.partial(nn.GroupNorm, "
-                      f"num_groups=8)), not a module instance: got {self.norm!r}")
-    validate.boolean(owner, "use_bias", self.use_bias, allow_none=True)
-    validate.boolean(owner, "zero_init_last", self.zero_init_last)
-    super().__post_init__()
-
-  def conv_norm_act(self, x: jax.Array, conv: ModuleDef, *, name: str, train: bool,
-                    act: bool = True, last: bool = False) -> jax.Array:
-    """``conv(name=name)`` -> ``norm(name=name + "_norm")`` -> ``act``: the unit of every block.
-
-    ``last``: this unit ends a residual branch (its output is added to a shortcut), so
-    ``zero_init_last`` zeroes its norm's scale. Units of blocks without a shortcut never pass it: a
-    zeroed norm there would cut the signal off.
-    """
-    use_bias = self.norm is None if self.use_bias is None else self.use_bias
-    x = conv(name=name, use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype)(x)
-    if self.norm is not None:
-      kwargs = {"scale_init": nn.initializers.zeros_init()} if last and self.zero_init_last else {}
-      norm = self.norm(name=f"{name}_norm", dtype=self.dtype, param_dtype=self.param_dtype, **kwargs)
-      if "use_running_average" in inspect.signature(norm.__call__).parameters:
-        x = norm(x, use_running_average=not train)
-      else:
-        x = norm(x)
-    return self.activate(x) if act else x
-
-  def activate(self, x: jax.Array) -> jax.Array:
-    return x if self.act is None else self.act(x)
-
-  def shortcut_branch(self, x: jax.Array, features: int, strides: tuple[int, int], *,
-               train: bool) -> jax.Array:
-    """Identity when shapes match, else a strided 1x1 projection + norm (ResNet's option B)."""
-    if x.shape[-1] == features and strides == (1, 1):
-      return x
-    return self.conv_norm_act(x, _pw(features, strides=strides),
-                              name="shortcut", train=train, act=False)
-
-  def dense_conv(self, features: int, kernel_size: Sequence[int], strides: Sequence[int] = (1, 1),
-            dilation: Sequence[int] = (1, 1)) -> DenseConv:
-    """A :class:`DenseConv` with this block's shared knobs: what ``dense_equivalent`` returns."""
-    return DenseConv(features, kernel_size=_pair(kernel_size), strides=_pair(strides),
-                     dilation=_pair(dilation), norm=self.norm, act=self.act, use_bias=self.use_bias,
-                     dtype=self.dtype, param_dtype=self.param_dtype, parent=None)
-
-  def input_channels(self, x: jax.Array) -> int:
-    validate.nhwc(type(self).__name__, "x", x)
-    return x.shape[-1]
-
-
-def _pw(features: int, **kwargs: Any) -> ModuleDef:
-  """A :class:`PointwiseConv` factory."""
-  return functools.partial(PointwiseConv, features, **kwargs)
-
-
-def _conv(features: int, kernel_size: Sequence[int], strides: Sequence[int] = (1, 1),
-          dilation: Sequence[int] = (1, 1)) -> ModuleDef:
-  """A dense kxk ``nn.Conv`` factory with SAME padding."""
-  return functools.partial(nn.Conv, features, _pair(kernel_size), strides=_pair(strides),
-                           padding="SAME", kernel_dilation=_pair(dilation))
-
-
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-  """(v, v) for an int, else the pair as a tuple (fields are validated when a block is built)."""
-  return (int(value), int(value)) if np.ndim(value) == 0 else tuple(int(v) for v in value)
-
-
-_CONV_PAIRS = ("kernel_size", "strides", "dilation")
-
-
-def _check_in_features(owner: str, in_features: int) -> int:
-  return validate.positive_int(owner, "in_features", in_features)
-
-
-class DenseConv(Block):
-  """The dense baseline: one kxk convolution -> norm -> act.
-
-  Cost: Ho·Wo·kh·kw·Cin·features; params kh·kw·Cin·features.
-  """
-  features: int
-  kernel_size: Sequence[int] = (3, 3)
-  strides: Sequence[int] = (1, 1)
-  dilation: Sequence[int] = (1, 1)
-
-  def __post_init__(self):
-    validate.fields(self, positive=("features",), pairs=_CONV_PAIRS)
-    super().__post_init__()
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    self.input_channels(x)
-    conv = _conv(self.features, self.kernel_size, self.strides, self.dilation)
-    return self.conv_norm_act(x, conv, name="conv", train=train)
-
-  def dense_equivalent(self, in_features: int) -> DenseConv:
-    _check_in_features(type(self).__name__, in_features)
-    return self
 
 
 class Bottleneck(Block):
@@ -193,31 +53,27 @@ class Bottleneck(Block):
   dilation: Sequence[int] = (1, 1)
 
   def __post_init__(self):
-    validate.fields(self, positive=("features", "reduced_features"), pairs=_CONV_PAIRS,
+    validate.fields(self, positive=("features", "reduced_features"), pairs=CONV_PAIRS,
                     booleans=("expand",), optional_booleans=("residual",))
     super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     self.input_channels(x)
-    strides = _pair(self.strides)
+    strides = pair(self.strides)
     residual = self.expand if self.residual is None else self.residual
-    y = self.conv_norm_act(x, _pw(self.reduced_features),
+    y = self.conv_norm_act(x, self.pointwise_layer(self.reduced_features),
                            name="reduce", train=train)
     mid = self.reduced_features if self.expand else self.features
-    y = self.conv_norm_act(y, _conv(mid, self.kernel_size, strides, self.dilation), name="conv",
+    y = self.conv_norm_act(y, self.conv_layer(mid, self.kernel_size, strides, self.dilation), name="conv",
                            train=train, act=self.expand or not residual,
                            last=residual and not self.expand)
     if self.expand:
-      y = self.conv_norm_act(y, _pw(self.features), name="expand",
+      y = self.conv_norm_act(y, self.pointwise_layer(self.features), name="expand",
                              train=train, act=False, last=residual)
     if residual:
       y = y + self.shortcut_branch(x, self.features, strides, train=train)
     return self.activate(y) if (residual or self.expand) else y
-
-  def dense_equivalent(self, in_features: int) -> DenseConv:
-    _check_in_features(type(self).__name__, in_features)
-    return self.dense_conv(self.features, self.kernel_size, self.strides, self.dilation)
 
 
 class DepthwiseSeparable(Block):
@@ -232,7 +88,6 @@ class DepthwiseSeparable(Block):
     mid_act: activation between depthwise and pointwise (MobileNet: True; Xception found it better
       without: False).
     residual: add a shortcut (1x1 projection when shapes differ) before the last activation.
-    impl: depthwise implementation (see :func:`pwconv.ops.depthwise_conv`).
 
   Cost: Ho·Wo·kh·kw·Cin·m + Ho·Wo·Cin·m·F, against Ho·Wo·kh·kw·Cin·F dense: a ratio of
   1/F + 1/(kh·kw) (MobileNet, eq. 5) for m = 1.
@@ -244,30 +99,23 @@ class DepthwiseSeparable(Block):
   dilation: Sequence[int] = (1, 1)
   mid_act: bool = True
   residual: bool = False
-  impl: str = "auto"
 
   def __post_init__(self):
-    validate.fields(self, positive=("features", "depth_multiplier"), pairs=_CONV_PAIRS,
-                    choices={"impl": kernels.names()}, booleans=("mid_act", "residual"))
+    validate.fields(self, positive=("features", "depth_multiplier"), pairs=CONV_PAIRS,
+                    booleans=("mid_act", "residual"))
     super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     self.input_channels(x)
-    strides = _pair(self.strides)
-    depthwise = functools.partial(DepthwiseConv, kernel_size=_pair(self.kernel_size), strides=strides,
-                                  dilation=_pair(self.dilation),
-                                  depth_multiplier=self.depth_multiplier, impl=self.impl)
+    strides = pair(self.strides)
+    depthwise = self.depthwise_layer(self.kernel_size, strides, self.dilation, self.depth_multiplier)
     y = self.conv_norm_act(x, depthwise, name="depthwise", train=train, act=self.mid_act)
-    y = self.conv_norm_act(y, _pw(self.features), name="pointwise",
+    y = self.conv_norm_act(y, self.pointwise_layer(self.features), name="pointwise",
                            train=train, act=not self.residual, last=self.residual)
     if self.residual:
       y = self.activate(y + self.shortcut_branch(x, self.features, strides, train=train))
     return y
-
-  def dense_equivalent(self, in_features: int) -> DenseConv:
-    _check_in_features(type(self).__name__, in_features)
-    return self.dense_conv(self.features, self.kernel_size, self.strides, self.dilation)
 
 
 class SqueezeExcite(Block):
@@ -312,17 +160,8 @@ class SqueezeExcite(Block):
     return x * s.astype(x.dtype)
 
   def dense_equivalent(self, in_features: int) -> Identity:
-    _check_in_features(type(self).__name__, in_features)
+    validate.positive_int(type(self).__name__, "in_features", in_features)
     return Identity(parent=None)
-
-
-class Identity(nn.Module):
-  """y = x; no params, no MACs."""
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    del train
-    return x
 
 
 class InvertedResidual(Block):
@@ -337,7 +176,6 @@ class InvertedResidual(Block):
     residual: identity shortcut; None means "when strides are 1 and Cin == F" (MobileNetV2). True with
       different shapes adds a 1x1 projection.
     dilation: (dh, dw) of the depthwise conv.
-    impl: depthwise implementation.
 
   The projection has no activation (the "linear bottleneck"). Cost: H·W·Cin·E + Ho·Wo·kh·kw·E +
   Ho·Wo·E·F (+ 2·E·R with SE).
@@ -349,11 +187,10 @@ class InvertedResidual(Block):
   se_ratio: float | None = None
   residual: bool | None = None
   dilation: Sequence[int] = (1, 1)
-  impl: str = "auto"
 
   def __post_init__(self):
-    validate.fields(self, positive=("features", "expansion"), pairs=_CONV_PAIRS,
-                    choices={"impl": kernels.names()}, optional_booleans=("residual",))
+    validate.fields(self, positive=("features", "expansion"), pairs=CONV_PAIRS,
+                    optional_booleans=("residual",))
     if self.se_ratio is not None:
       validate.number(type(self).__name__, "se_ratio", self.se_ratio, low=0, high=1, low_open=True)
     super().__post_init__()
@@ -361,27 +198,22 @@ class InvertedResidual(Block):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     cin = self.input_channels(x)
-    strides = _pair(self.strides)
+    strides = pair(self.strides)
     hidden = cin * self.expansion
     y = x
     if self.expansion != 1:
-      y = self.conv_norm_act(y, _pw(hidden), name="expand", train=train)
-    depthwise = functools.partial(DepthwiseConv, kernel_size=_pair(self.kernel_size), strides=strides,
-                                  dilation=_pair(self.dilation), impl=self.impl)
+      y = self.conv_norm_act(y, self.pointwise_layer(hidden), name="expand", train=train)
+    depthwise = self.depthwise_layer(self.kernel_size, strides, self.dilation)
     y = self.conv_norm_act(y, depthwise, name="depthwise", train=train)
     if self.se_ratio is not None:
       y = SqueezeExcite(reduced_features=max(1, int(cin * self.se_ratio)), act=self.act or nn.relu,
                         dtype=self.dtype, param_dtype=self.param_dtype, name="se")(y, train=train)
     residual = (strides == (1, 1) and cin == self.features) if self.residual is None else self.residual
-    y = self.conv_norm_act(y, _pw(self.features), name="project",
+    y = self.conv_norm_act(y, self.pointwise_layer(self.features), name="project",
                            train=train, act=False, last=residual)
     if residual:
       y = y + self.shortcut_branch(x, self.features, strides, train=train)
     return y
-
-  def dense_equivalent(self, in_features: int) -> DenseConv:
-    _check_in_features(type(self).__name__, in_features)
-    return self.dense_conv(self.features, self.kernel_size, self.strides, self.dilation)
 
 
 class InceptionModule(Block):
@@ -414,21 +246,21 @@ class InceptionModule(Block):
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     self.input_channels(x)
     unit = functools.partial(self.conv_norm_act, train=train)
-    b1 = unit(x, _pw(self.f1x1), name="branch1x1")
-    pooled = nn.max_pool(x, (3, 3), strides=(1, 1), padding="SAME")
+    b1 = unit(x, self.pointwise_layer(self.f1x1), name="branch1x1")
+    pooled = nn.max_pool(x, (3, 3), strides=(1, 1), padding=self.pad((3, 3)))
     if self.naive:
-      b3 = unit(x, _conv(self.f3x3, (3, 3)), name="branch3x3")
-      b5 = unit(x, _conv(self.f5x5, (5, 5)), name="branch5x5")
+      b3 = unit(x, self.conv_layer(self.f3x3, (3, 3)), name="branch3x3")
+      b5 = unit(x, self.conv_layer(self.f5x5, (5, 5)), name="branch5x5")
       return jnp.concatenate([b1, b3, b5, pooled.astype(b1.dtype)], axis=-1)
-    b3 = unit(unit(x, _pw(self.f3x3_reduce), name="branch3x3_reduce"),
-              _conv(self.f3x3, (3, 3)), name="branch3x3")
-    b5 = unit(unit(x, _pw(self.f5x5_reduce), name="branch5x5_reduce"),
-              _conv(self.f5x5, (5, 5)), name="branch5x5")
-    bp = unit(pooled, _pw(self.pool_proj), name="pool_proj")
+    b3 = unit(unit(x, self.pointwise_layer(self.f3x3_reduce), name="branch3x3_reduce"),
+              self.conv_layer(self.f3x3, (3, 3)), name="branch3x3")
+    b5 = unit(unit(x, self.pointwise_layer(self.f5x5_reduce), name="branch5x5_reduce"),
+              self.conv_layer(self.f5x5, (5, 5)), name="branch5x5")
+    bp = unit(pooled, self.pointwise_layer(self.pool_proj), name="pool_proj")
     return jnp.concatenate([b1, b3, b5, bp], axis=-1)
 
   def dense_equivalent(self, in_features: int) -> InceptionModule:
-    _check_in_features(type(self).__name__, in_features)
+    validate.positive_int(type(self).__name__, "in_features", in_features)
     return self.clone(naive=True, parent=None, name=None)
 
 
@@ -439,10 +271,12 @@ class FireModule(Block):
     squeeze: channels S of the 1x1 squeeze.
     expand1x1: channels of the 1x1 expand branch.
     expand3x3: channels of the 3x3 expand branch.
-    residual: SqueezeNet's bypass (identity when shapes match, else the "complex" 1x1 bypass).
+    residual: SqueezeNet's bypass (Sec. 6): the input is added to the activated, concatenated expand
+      output, with no activation after the sum; the "simple" identity bypass when the channels
+      match, else the "complex" one, a 1x1 conv (+ norm).
 
-  Cost: H·W·(Cin·S + S·expand1x1 + 9·S·expand3x3); dense equivalent: one 3x3 conv Cin ->
-  expand1x1 + expand3x3.
+  Cost: H·W·(Cin·S + S·expand1x1 + 9·S·expand3x3), plus H·W·Cin·(expand1x1 + expand3x3) for a
+  complex bypass; dense equivalent: one 3x3 conv Cin -> expand1x1 + expand3x3.
   """
   squeeze: int
   expand1x1: int
@@ -456,20 +290,18 @@ class FireModule(Block):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     self.input_channels(x)
-    s = self.conv_norm_act(x, _pw(self.squeeze), name="squeeze",
-                           train=train)
-    act = not self.residual
-    e1 = self.conv_norm_act(s, _pw(self.expand1x1), name="expand1x1",
-                            train=train, act=act, last=self.residual)
-    e3 = self.conv_norm_act(s, _conv(self.expand3x3, (3, 3)), name="expand3x3", train=train,
-                            act=act, last=self.residual)
+    s = self.conv_norm_act(x, self.pointwise_layer(self.squeeze), name="squeeze", train=train)
+    e1 = self.conv_norm_act(s, self.pointwise_layer(self.expand1x1), name="expand1x1", train=train,
+                            last=self.residual)
+    e3 = self.conv_norm_act(s, self.conv_layer(self.expand3x3, (3, 3)), name="expand3x3", train=train,
+                            last=self.residual)
     y = jnp.concatenate([e1, e3], axis=-1)
     if self.residual:
-      y = self.activate(y + self.shortcut_branch(x, y.shape[-1], (1, 1), train=train))
+      y = y + self.shortcut_branch(x, y.shape[-1], (1, 1), train=train)
     return y
 
-  def dense_equivalent(self, in_features: int) -> DenseConv:
-    _check_in_features(type(self).__name__, in_features)
+  def dense_equivalent(self, in_features: int) -> nn.Module:
+    validate.positive_int(type(self).__name__, "in_features", in_features)
     return self.dense_conv(self.expand1x1 + self.expand3x3, (3, 3))
 
 
@@ -483,7 +315,6 @@ class ShuffleUnit(Block):
       pooled 3x3/2, is concatenated, so the main branch outputs F - Cin channels (requires F > Cin).
     bottleneck_ratio: bottleneck width B = F·ratio, rounded down to a multiple of g (paper: 1/4).
     group_first: group the first 1x1 (the paper does not in its first stage, where Cin = 24).
-    impl: depthwise implementation.
 
   Cost: H·W·Cin·B/g' + Ho·Wo·9·B + Ho·Wo·B·F'/g (g' = g if group_first else 1; F' the main branch's
   output). The depthwise conv has no activation after it, as in the paper.
@@ -493,12 +324,10 @@ class ShuffleUnit(Block):
   strides: Sequence[int] = (1, 1)
   bottleneck_ratio: float = 0.25
   group_first: bool = True
-  impl: str = "auto"
 
   def __post_init__(self):
     owner = type(self).__name__
-    validate.fields(self, positive=("features", "groups"), choices={"impl": kernels.names()},
-                    booleans=("group_first",))
+    validate.fields(self, positive=("features", "groups"), booleans=("group_first",))
     if tuple(validate.int_pair(owner, "strides", self.strides)) not in ((1, 1), (2, 2)):
       raise ValueError(f"{owner}: strides must be (1, 1) or (2, 2), got {self.strides!r}")
     validate.number(owner, "bottleneck_ratio", self.bottleneck_ratio, low=0, high=1, low_open=True)
@@ -525,20 +354,21 @@ class ShuffleUnit(Block):
     if cin % first_groups:
       raise ValueError(f"{owner}: groups={self.groups} must divide the input channels {cin} "
                        "(or set group_first=False)")
-    y = self.conv_norm_act(x, _pw(bottleneck, groups=first_groups),
+    y = self.conv_norm_act(x, self.pointwise_layer(bottleneck, groups=first_groups),
                            name="reduce", train=train)
     y = ops.channel_shuffle(y, self.groups)
-    depthwise = functools.partial(DepthwiseConv, kernel_size=(3, 3), strides=strides, impl=self.impl)
+    depthwise = self.depthwise_layer((3, 3), strides)
     y = self.conv_norm_act(y, depthwise, name="depthwise", train=train, act=False)
-    y = self.conv_norm_act(y, _pw(out, groups=self.groups),
+    y = self.conv_norm_act(y, self.pointwise_layer(out, groups=self.groups),
                            name="expand", train=train, act=False, last=not downsample)
     if downsample:
-      pooled = nn.avg_pool(x, (3, 3), strides=(2, 2), padding="SAME", count_include_pad=False)
+      pooled = nn.avg_pool(x, (3, 3), strides=(2, 2), padding=self.pad((3, 3)),
+                           count_include_pad=False)
       return self.activate(jnp.concatenate([y, pooled.astype(y.dtype)], axis=-1))
     return self.activate(y + self.shortcut_branch(x, out, strides, train=train))
 
-  def dense_equivalent(self, in_features: int) -> DenseConv:
-    _check_in_features(type(self).__name__, in_features)
+  def dense_equivalent(self, in_features: int) -> nn.Module:
+    validate.positive_int(type(self).__name__, "in_features", in_features)
     return self.dense_conv(self.features, (3, 3), self.strides)
 
 
@@ -568,12 +398,8 @@ class MLPConv(Block):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     self.input_channels(x)
-    y = self.conv_norm_act(x, _conv(self.features, self.kernel_size, self.strides), name="conv",
+    y = self.conv_norm_act(x, self.conv_layer(self.features, self.kernel_size, self.strides), name="conv",
                            train=train)
     for i in range(self.pointwise_layers):
-      y = self.conv_norm_act(y, _pw(self.features), name=f"pointwise{i}", train=train)
+      y = self.conv_norm_act(y, self.pointwise_layer(self.features), name=f"pointwise{i}", train=train)
     return y
-
-  def dense_equivalent(self, in_features: int) -> DenseConv:
-    _check_in_features(type(self).__name__, in_features)
-    return self.dense_conv(self.features, self.kernel_size, self.strides)

@@ -1,0 +1,17 @@
+"""Blocks built around the 1x1 convolution (Flax linen), one family a module.
+
+- :mod:`pwconv.blocks.base`: the shared knobs (:class:`Knobs`), :class:`Block`, :class:`DenseConv`.
+- :mod:`pwconv.blocks.classic`: Bottleneck, DepthwiseSeparable, InvertedResidual, InceptionModule,
+  FireModule, ShuffleUnit, SqueezeExcite, MLPConv.
+"""
+
+from pwconv.blocks.base import (CONV_PAIRS, PADDINGS, Block, DenseConv, Identity, Knobs, batch_norm,
+                                conv_padding, pair)
+from pwconv.blocks.classic import (Bottleneck, DepthwiseSeparable, FireModule, InceptionModule,
+                                   InvertedResidual, MLPConv, ShuffleUnit, SqueezeExcite)
+
+__all__ = [
+    "CONV_PAIRS", "PADDINGS", "Block", "Bottleneck", "DenseConv", "DepthwiseSeparable", "FireModule",
+    "Identity", "InceptionModule", "InvertedResidual", "Knobs", "MLPConv", "ShuffleUnit",
+    "SqueezeExcite", "batch_norm", "conv_padding", "pair",
+]

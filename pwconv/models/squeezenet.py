@@ -1,0 +1,67 @@
+"""SqueezeNet 1.0: Fire modules between max pools, and a 1x1 conv as the classifier."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from pwconv.blocks import DenseConv, FireModule
+from pwconv.layers import PointwiseConv
+from pwconv.models import registry
+from pwconv.models.network import Network, kw_only, max_pool_ceil
+
+# Fire modules fire2..fire9 as (squeeze, expand1x1, expand3x3), in groups separated by max pool 3x3/2.
+SQUEEZENET1_0 = (((16, 64, 64), (16, 64, 64), (32, 128, 128)),
+                 ((32, 128, 128), (48, 192, 192), (48, 192, 192), (64, 256, 256)),
+                 ((64, 256, 256),))
+
+
+class SqueezeNet(Network):
+  """SqueezeNet (Iandola et al. 2016): conv 7x7/2 VALID, Fire modules between max pools, conv 1x1.
+
+  conv1 -> max pool -> fires -> max pool -> fires -> max pool -> fires -> dropout -> conv10 1x1 to
+  num_classes -> act -> global average pool. The pools are 3x3/2 unpadded, rounding up as in the
+  reference implementation. There is no FC layer: conv10 is the classifier. Unpadded, so the
+  ``padding`` convention changes nothing here (the Fire modules' 3x3 convs are stride 1).
+
+  Attributes:
+    num_classes: channels of conv10.
+    stem: filters of conv1 (7x7/2).
+    fires: groups of :class:`~pwconv.FireModule` (squeeze, expand1x1, expand3x3), each group after a
+      max pool.
+    dropout_rate: dropout before conv10 (paper: 0.5).
+  """
+  num_classes: int = 1000
+  stem: int = kw_only()
+  fires: Sequence[Sequence[tuple[int, int, int]]] = kw_only()
+  dropout_rate: float = kw_only(default=0.0)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    x = DenseConv(self.stem, (7, 7), strides=(2, 2), **self.knobs(padding="VALID"),
+                  name="conv1")(x, train=train)
+    k = 1
+    for group in self.fires:
+      x = max_pool_ceil(x)
+      for squeeze, expand1x1, expand3x3 in group:
+        k += 1
+        x = FireModule(squeeze, expand1x1, expand3x3, **self.knobs(), name=f"fire{k}")(x, train=train)
+    if self.dropout_rate:
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = PointwiseConv(self.num_classes, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
+                      name=f"conv{k + 1}")(x)
+    return jnp.mean(self.activate(x), axis=(1, 2))
+
+
+squeezenet1_0 = functools.partial(SqueezeNet, stem=96, fires=SQUEEZENET1_0, dropout_rate=0.5,
+                                  norm=None)
+
+registry.register(
+    "squeezenet1_0", squeezenet1_0, family="squeezenet",
+    source="Iandola et al. 2016, SqueezeNet, Table 1 (params, exact); the paper gives no MACs: "
+           "0.82 G is torchvision's figure for squeezenet1_0",
+    figures={"macs": 820_000_000, "params": 1_248_424})
