@@ -5,14 +5,23 @@ baseline (the block's ``dense_equivalent``, or the ``lax`` reference), forward a
 compiled, warmed up, median of repeats, in one process. Per case it prints:
 
 - theory x: baseline MACs / candidate MACs (paper convention, :func:`pwconv.profile`);
+- roof x: the speedup a pure roofline predicts (:mod:`pwconv.roofline`: per layer
+  max(2·MACs / peak FLOP/s, bytes / peak bandwidth), summed; bytes as :func:`pwconv.profile` counts
+  them), and pred x: the same with each layer kind's efficiency calibrated on this device first, on
+  a calibration set of shapes that no case uses (``--nocalibrate`` skips it);
 - fwd x, f+b x: measured speedup, baseline time / candidate time;
 - realized: speedup / theory, the share of the theoretical saving that shows up in time (block cases;
   a fast path against the reference computes the same MACs, so its speedup is the whole story);
-- GFLOP/s, GB/s: what the candidate's forward achieved (2·MACs, and the bytes it must at least move:
-  input, output and parameters);
-- roofline: the forward's time bound from this device's peak FLOP/s and bandwidth, over the measured
-  time (100% is as fast as the device allows). Peaks come from a table of known devices; for any
-  other device (every CPU) they are measured first with a matmul and a 256 MiB read probe.
+- GFLOP/s, GB/s: what the candidate's forward achieved (2·MACs, and the bytes it must at least move);
+- roofline: the candidate forward's pure roofline time over its measured time (100% is as fast as
+  the device allows). Peaks come from a table of known devices; for any other device (every CPU)
+  they are measured first with a matmul and a 256 MiB read probe.
+
+At the end: the calibrated efficiencies, and the Spearman rank correlation over the rows of the
+measured forward speedup with theory x, roof x and pred x: how well each predicts which design
+really saves time. The JSON (``--json``) holds every row with ``theory_ratio``,
+``roofline_speedup``, ``predicted_speedup``, ``forward_speedup`` and ``forward_backward_speedup``,
+and ``correlations``.
 
 Flags: ``--quick`` (a CPU-sized suite, under 2 minutes on 2 cores), ``--json PATH``, ``--impl a,b``
 (rerun the depthwise cases with each implementation), ``--torch`` (when torch is installed, time
@@ -26,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,40 +49,10 @@ from absl import flags
 import pwconv
 from pwconv import blocks
 from pwconv import kernels
+from pwconv import roofline
 from pwconv import timing
 from pwconv import validate
-
-# Peak dense matmul FLOP/s (bf16, f32) and memory bandwidth (bytes/s) per JAX device, from the
-# vendors' data sheets (dense, no sparsity). Matched as regular expressions against
-# ``jax.devices()[0].device_kind``, most specific first; the first match wins. f32 is the rate f32
-# matmuls get at JAX's default precision: TF32 on NVIDIA GPUs since Ampere (the T4 has none), one
-# bf16 pass on TPUs. TPU v2 and v3 expose each of a chip's two TensorCores as a device, so their
-# rows are per core; v4 and v5p cores pair into one device per chip.
-DEVICE_PEAKS: tuple[tuple[str, float, float, float], ...] = (
-    (r"\bH200\b", 989e12, 494e12, 4.8e12),
-    (r"\bH100\b.*\bPCIe\b", 756e12, 378e12, 2.0e12),
-    (r"\bH100\b", 989e12, 494e12, 3.35e12),
-    (r"\bA100\b", 312e12, 156e12, 2.0e12),
-    (r"\bL40S\b", 362e12, 183e12, 0.864e12),
-    (r"\bL40\b", 181e12, 90.5e12, 0.864e12),
-    (r"\bL4\b", 121e12, 60e12, 0.3e12),
-    (r"\bT4\b", 65e12, 8.1e12, 0.32e12),
-    (r"\bTPU v6 ?(lite|e)\b", 918e12, 918e12, 1.64e12),
-    (r"\bTPU v5p\b", 459e12, 459e12, 2.76e12),
-    (r"\bTPU v5 ?(lite|e)\b", 197e12, 197e12, 0.82e12),
-    (r"\bTPU v4\b", 275e12, 275e12, 1.2e12),
-    (r"\bTPU v3\b", 61.5e12, 61.5e12, 0.45e12),
-    (r"\bTPU v2\b", 22.5e12, 22.5e12, 0.3e12),
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class Peaks:
-  """A device's compute and bandwidth ceilings and where they came from ("table" or "probe")."""
-  flops: float
-  bandwidth: float
-  source: str
-
+from pwconv.roofline import Peaks, device_peaks
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -84,22 +62,6 @@ class Case:
   baseline: nn.Module
   shape: tuple[int, ...]
   kind: str  # "block" (vs its dense equivalent) or "impl" (vs the lax reference)
-
-
-def device_peaks(dtype: Any, probe_size: int = 2048) -> Peaks:
-  """The current device's peaks: from :data:`DEVICE_PEAKS`, else measured by a matmul and a copy."""
-  kind = jax.devices()[0].device_kind
-  for pattern, bf16, f32, bandwidth in DEVICE_PEAKS:
-    if re.search(pattern, kind, re.IGNORECASE):
-      return Peaks(bf16 if jnp.dtype(dtype) == jnp.bfloat16 else f32, bandwidth, "table")
-  a = jnp.ones((probe_size, probe_size), dtype)
-  matmul = timing.time_fn(lambda a: a @ a, a, repeats=10)
-  # Bandwidth: reading 256 MiB (a sum). A copy would measure the page faults of its fresh output
-  # buffer on CPU (5-7 GB/s here, where reads reach 35-45 GB/s).
-  big = jnp.ones((256 * 2**20 // jnp.dtype(dtype).itemsize,), dtype)
-  read = timing.time_fn(jnp.sum, big, repeats=10)
-  # The fastest call is the best estimate of a ceiling.
-  return Peaks(2 * probe_size**3 / matmul.min_s, big.nbytes / read.min_s, "probe")
 
 
 def suite(quick: bool, batch: int | None) -> list[Case]:
@@ -153,13 +115,13 @@ def _has_field(module: nn.Module, name: str) -> bool:
 
 
 def _forward(module: nn.Module, variables: Any) -> Callable[[jax.Array], jax.Array]:
-  kwargs = {"train": False} if isinstance(module, blocks.Block) else {}
+  kwargs = {"train": False} if isinstance(module, blocks.Knobs) else {}
   return lambda x: module.apply(variables, x, **kwargs)
 
 
 def _forward_backward(module: nn.Module, variables: Any) -> Callable[[jax.Array], Any]:
   """Gradients of a scalar loss w.r.t. params and input; BatchNorm in training mode."""
-  train = isinstance(module, blocks.Block)
+  train = isinstance(module, blocks.Knobs)
   rest = {k: v for k, v in variables.items() if k != "params"}
 
   def loss(params, x):
@@ -172,9 +134,11 @@ def _forward_backward(module: nn.Module, variables: Any) -> Callable[[jax.Array]
   return lambda x: jax.grad(loss, argnums=(0, 1))(variables["params"], x)
 
 
-def measure(case: Case, dtype: Any, repeats: int, peaks: Peaks) -> dict[str, Any]:
+def measure(case: Case, dtype: Any, repeats: int, peaks: Peaks,
+            efficiency: dict[str, float] | None = None) -> dict[str, Any]:
   """Times one case and returns its row (see the module docstring for the columns)."""
   x = jax.random.normal(jax.random.key(0), case.shape, dtype)
+  n = case.shape[0]
   row: dict[str, Any] = {"case": case.name, "kind": case.kind, "shape": list(case.shape),
                          "dtype": jnp.dtype(dtype).name}
   for role, module in (("candidate", case.candidate), ("baseline", case.baseline)):
@@ -183,26 +147,39 @@ def measure(case: Case, dtype: Any, repeats: int, peaks: Peaks) -> dict[str, Any
     variables = module.init(jax.random.key(1), x)
     prof = pwconv.profile(module, jax.ShapeDtypeStruct(case.shape, dtype))
     forward = _forward(module, variables)
-    out_elems = int(np.prod(jax.eval_shape(forward, x).shape))
     fwd = timing.time_fn(forward, x, repeats=repeats)
     fwd_bwd = timing.time_fn(_forward_backward(module, variables), x, repeats=repeats)
+    pure = prof.predict(peaks, batch=n)
     row[role] = {"module": type(module).__name__, "macs": prof.macs, "params": prof.params,
+                 "bytes": sum((r.bytes - r.weight_bytes) * n + r.weight_bytes for r in prof.rows),
+                 "activation_bytes": prof.activation_bytes * n,
                  "forward_s": fwd.median_s, "forward_backward_s": fwd_bwd.median_s,
-                 "compile_s": fwd.compile_s + fwd_bwd.compile_s, "output_elements": out_elems}
+                 "compile_s": fwd.compile_s + fwd_bwd.compile_s, "roofline_s": pure.seconds,
+                 "predicted_s": prof.predict(peaks, batch=n, efficiency=efficiency).seconds}
   cand, base = row["candidate"], row["baseline"]
-  itemsize = jnp.dtype(dtype).itemsize
-  # Activations in the compute dtype; parameters stay float32.
-  min_bytes = (int(np.prod(case.shape)) + cand["output_elements"]) * itemsize + cand["params"] * 4
-  flops = 2 * cand["macs"] * case.shape[0]
   theory = base["macs"] / cand["macs"]
   fwd_x = base["forward_s"] / cand["forward_s"]
   fb_x = base["forward_backward_s"] / cand["forward_backward_s"]
-  bound = max(flops / peaks.flops, min_bytes / peaks.bandwidth)
   row.update(theory_ratio=theory, forward_speedup=fwd_x, forward_backward_speedup=fb_x,
              forward_realized=fwd_x / theory, forward_backward_realized=fb_x / theory,
-             flops_per_s=flops / cand["forward_s"], bytes_per_s=min_bytes / cand["forward_s"],
-             roofline_fraction=bound / cand["forward_s"])
+             roofline_speedup=base["roofline_s"] / cand["roofline_s"],
+             predicted_speedup=base["predicted_s"] / cand["predicted_s"],
+             flops_per_s=2 * cand["macs"] * n / cand["forward_s"],
+             bytes_per_s=cand["bytes"] / cand["forward_s"],
+             roofline_fraction=cand["roofline_s"] / cand["forward_s"])
   return row
+
+
+def correlations(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+  """Spearman rank correlations, over the rows, of the measured forward speedup with the MAC ratio
+  ("theory"), the pure roofline's predicted speedup ("roofline") and the calibrated one
+  ("predicted")."""
+  if len(rows) < 2:
+    return {}
+  measured = [r["forward_speedup"] for r in rows]
+  return {name: roofline.spearman([r[key] for r in rows], measured)
+          for name, key in (("theory", "theory_ratio"), ("roofline", "roofline_speedup"),
+                            ("predicted", "predicted_speedup"))}
 
 
 def _torch_mirror(module: nn.Module, channels: int) -> dict[str, Any] | None:
@@ -281,11 +258,12 @@ def torch_rows(cases: Sequence[Case], dtype: Any, repeats: int) -> list[dict[str
 
 def table(rows: Sequence[dict[str, Any]], peaks: Peaks, header: str) -> str:
   """The rows as an aligned text table."""
-  cols = ("case", "impl", "theory x", "fwd x", "realized", "f+b x", "realized", "GFLOP/s", "GB/s",
-          "roofline")
+  cols = ("case", "impl", "theory x", "roof x", "pred x", "fwd x", "realized", "f+b x", "realized",
+          "GFLOP/s", "GB/s", "roofline")
   # "realized" is a share of a theoretical saving; the same op in another implementation saves none.
   realized = lambda r, key: f"{100 * r[key]:.0f}%" if r["kind"] == "block" else "-"
-  body = [(r["case"], r.get("impl", ""), f"{r['theory_ratio']:.2f}", f"{r['forward_speedup']:.2f}",
+  body = [(r["case"], r.get("impl", ""), f"{r['theory_ratio']:.2f}", f"{r['roofline_speedup']:.2f}",
+           f"{r['predicted_speedup']:.2f}", f"{r['forward_speedup']:.2f}",
            realized(r, "forward_realized"), f"{r['forward_backward_speedup']:.2f}",
            realized(r, "forward_backward_realized"), f"{r['flops_per_s'] / 1e9:.1f}",
            f"{r['bytes_per_s'] / 1e9:.1f}", f"{100 * r['roofline_fraction']:.1f}%") for r in rows]
@@ -302,8 +280,11 @@ def table(rows: Sequence[dict[str, Any]], peaks: Peaks, header: str) -> str:
 
 def run(*, quick: bool = False, impls: Sequence[str] = ("auto",), dtype: str = "float32",
         batch: int | None = None, repeats: int | None = None, cases: Sequence[str] = (),
-        with_torch: bool = False) -> dict[str, Any]:
-  """Runs the suite and returns ``{"device", "peaks", "rows", "torch"}``; what ``main`` prints."""
+        with_torch: bool = False, calibrate: bool = True) -> dict[str, Any]:
+  """Runs the suite and returns ``{"device", "peaks", "efficiency", "rows", "correlations",
+  "torch"}``; what ``main`` prints. ``calibrate`` measures the roofline efficiencies of each layer kind
+  first (:func:`pwconv.roofline.calibrate`, on shapes no case uses); without it "pred x" is the pure
+  roofline."""
   for impl in impls:
     if impl not in kernels.names():
       raise ValueError(f"bench: --impl must name implementations from {list(kernels.names())}, "
@@ -318,17 +299,22 @@ def run(*, quick: bool = False, impls: Sequence[str] = ("auto",), dtype: str = "
   if not selected:
     raise ValueError(f"bench: --cases {list(cases)} matches no case")
   peaks = device_peaks(jdtype)
+  kinds = None if jax.default_backend() != "cpu" else [k for k in roofline.KINDS
+                                                       if k != "depthwise:pallas"]
+  efficiency = (roofline.calibrate(jdtype, peaks=peaks, repeats=repeats, kinds=kinds)
+                if calibrate else {})
   rows = []
   for case in selected:
     if not _uses_depthwise(case):  # no depthwise conv inside: one row
-      rows.append(dict(measure(case, jdtype, repeats, peaks), impl="-"))
+      rows.append(dict(measure(case, jdtype, repeats, peaks, efficiency), impl="-"))
       continue
     for impl in impls:
       row = measure(dataclasses.replace(case, candidate=_with_impl(case.candidate, impl)), jdtype,
-                    repeats, peaks)
+                    repeats, peaks, efficiency)
       rows.append(dict(row, impl=f"{impl}->{kernels.resolve(impl)}"))
   return {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
-          "jax": jax.__version__, "peaks": dataclasses.asdict(peaks), "rows": rows,
+          "jax": jax.__version__, "peaks": dataclasses.asdict(peaks), "efficiency": efficiency,
+          "rows": rows, "correlations": correlations(rows),
           "torch": torch_rows(selected, jdtype, repeats) if with_torch else []}
 
 
@@ -340,6 +326,8 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute
 _BATCH = flags.DEFINE_integer("batch", None, "Batch size (default 8 with --quick, else 64).")
 _REPEATS = flags.DEFINE_integer("repeats", None, "Timed calls per measurement (median).")
 _CASES = flags.DEFINE_list("cases", [], "Only cases whose names contain one of these strings.")
+_CALIBRATE = flags.DEFINE_bool("calibrate", True, "Calibrate the roofline per layer kind first "
+                               "(--nocalibrate: 'pred x' is the pure roofline).")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -352,10 +340,19 @@ def main(argv: Sequence[str]) -> None:
       raise app.UsageError("--torch needs PyTorch installed (pip install torch); it is never a "
                            "dependency of pwconv") from None
   result = run(quick=_QUICK.value, impls=_IMPL.value, dtype=_DTYPE.value, batch=_BATCH.value,
-               repeats=_REPEATS.value, cases=_CASES.value, with_torch=_TORCH.value)
+               repeats=_REPEATS.value, cases=_CASES.value, with_torch=_TORCH.value,
+               calibrate=_CALIBRATE.value)
   header = (f"pwconv.bench on {result['device']} ({result['backend']}, jax {result['jax']}), "
             f"{_DTYPE.value}; x = baseline time / candidate time, medians in one process")
   print(table(result["rows"], Peaks(**result["peaks"]), header))
+  if result["efficiency"]:
+    print("calibrated roofline efficiency per layer kind (roofline time / measured, on shapes no "
+          "case uses): " + ", ".join(f"{k} {v:.3f}" for k, v in result["efficiency"].items()))
+  if result["correlations"]:
+    c = result["correlations"]
+    print(f"Spearman rank correlation with the measured fwd x over {len(result['rows'])} rows: "
+          f"theory x (MACs) {c['theory']:.2f}, roof x (pure roofline) {c['roofline']:.2f}, "
+          f"pred x (calibrated roofline) {c['predicted']:.2f}")
   ours: dict[str, dict[str, Any]] = {}
   for r in result["rows"]:
     ours.setdefault(r["case"], r)  # the first --impl's row

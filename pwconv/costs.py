@@ -11,13 +11,28 @@ is attributed to the layer that issued it. Two conventions, both per example (th
 
 FLOPs = 2·MACs. Depthwise convolutions are counted as the reference ``lax`` convolution whatever ``impl``
 would run, so counts do not depend on the implementation or the backend.
+
+Memory, per example and in the dtypes the model computes in:
+
+- ``bytes``: the least traffic of each layer, assuming what a layer makes and uses itself never leaves
+  the chip: every array it reads that another layer made (its input activations, once each however
+  often it reads them), every parameter and batch statistic it reads (``weight_bytes``), and every
+  array it makes that another layer reads or the model returns. A layer is a module path; a block's
+  own elementwise work (activations, residual adds, concatenations, pools) is the row of the block's
+  path. So a conv -> BatchNorm -> ReLU unit moves its input, the conv output twice (written, read),
+  the norm output twice and the ReLU output once, plus the weights. Weights count once per example
+  here (batch 1); :meth:`Profile.predict` reads them once per batch.
+- ``activation_bytes``: what a training step keeps for the backward pass: the residuals
+  ``jax.vjp`` saves (train mode, no rematerialisation), parameters excluded, attributed to the layer
+  that computed them (the input, when saved, to the root row). It is the number that limits the
+  batch size.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -27,6 +42,7 @@ import numpy as np
 from jax.extend import core as jax_core
 
 from pwconv import kernels
+from pwconv import roofline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +55,10 @@ class LayerCost:
   params: int
   macs: int
   exact_macs: int
+  bytes: int = 0
+  weight_bytes: int = 0
+  activation_bytes: int = 0
+  kind: str = "memory"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +72,9 @@ class Profile:
     macs: conv + dense multiply-accumulates per example, padded taps counted (paper convention).
     exact_macs: the same with padded taps excluded (XLA's convention).
     rows: one :class:`LayerCost` per layer, in call order.
+    bytes: least memory traffic of a forward pass per example (see the module docstring).
+    activation_bytes: what a training step keeps for the backward pass, per example.
+    dtype: the dtype the convolutions and matmuls compute in.
   """
   name: str
   input_shape: tuple[int, ...]
@@ -59,6 +82,9 @@ class Profile:
   macs: int
   exact_macs: int
   rows: tuple[LayerCost, ...]
+  bytes: int = 0
+  activation_bytes: int = 0
+  dtype: str = "float32"
 
   @property
   def flops(self) -> int:
@@ -73,16 +99,28 @@ class Profile:
                    for r in self.rows]
     return out
 
+  def predict(self, device: roofline.Peaks | str | None = None, *, batch: int | None = None,
+              efficiency: Mapping[str, float] | None = None) -> roofline.Prediction:
+    """Each layer's roofline time, max(2·macs / peak FLOP/s, bytes / peak bandwidth), and their sum.
+
+    See :func:`pwconv.roofline.predict` (``device``: a ``Peaks``, a device kind such as "H100", or
+    None for the current device; ``efficiency``: from :func:`pwconv.roofline.calibrate`).
+    """
+    return roofline.predict(self, device, batch=batch, efficiency=efficiency)
+
   def table(self) -> str:
-    """A text table: layer, op, output shape, params, MACs and each layer's share of the MACs."""
-    header = ("layer", "op", "output", "params", "MACs", "share")
+    """A text table: layer, op, output shape, params, MACs and their share, bytes moved and kept."""
+    header = ("layer", "op", "output", "params", "MACs", "share", "bytes", "kept")
     body = [(r.path or "(root)", r.op, _shape(r.out_shape), f"{r.params:,}", human(r.macs),
-             f"{100 * r.macs / self.macs:.1f}%" if self.macs else "-") for r in self.rows]
-    total = ("total", "", "", f"{self.params:,}", human(self.macs), "100.0%" if self.macs else "-")
+             f"{100 * r.macs / self.macs:.1f}%" if self.macs else "-", human_bytes(r.bytes),
+             human_bytes(r.activation_bytes)) for r in self.rows]
+    total = ("total", "", "", f"{self.params:,}", human(self.macs), "100.0%" if self.macs else "-",
+             human_bytes(self.bytes), human_bytes(self.activation_bytes))
     lines = [f"{self.name} on input {_shape(self.input_shape)}, per example"]
-    lines += _columns([header, *body, total], right=(3, 4, 5), rule_before=len(body) + 1)
+    lines += _columns([header, *body, total], right=(3, 4, 5, 6, 7), rule_before=len(body) + 1)
     lines.append(f"MACs {self.macs:,} (padded taps counted; FLOPs = 2·MACs = {self.flops:,}); "
-                 f"exact MACs {self.exact_macs:,} (padded taps excluded)")
+                 f"exact MACs {self.exact_macs:,} (padded taps excluded); bytes: least memory "
+                 f"traffic of a forward pass ({self.dtype}); kept: saved for the backward pass")
     return "\n".join(lines)
 
 
@@ -183,6 +221,14 @@ def human(n: float) -> str:
   return f"{n:g}"
 
 
+def human_bytes(n: float) -> str:
+  """3211264 -> '3.1 MiB'."""
+  for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    if abs(n) >= scale:
+      return f"{n / scale:.1f} {unit}"
+  return f"{n:g} B"
+
+
 # ---------------------------------------------------------------------------------------------------
 # Tracing.
 
@@ -202,6 +248,18 @@ class _Layer:
   macs: int = 0
   exact_macs: int = 0
   detail: str = ""
+  kind: str = "memory"
+  kind_macs: int = 0
+  bytes: float = 0.0
+  weight_bytes: int = 0
+  activation_bytes: float = 0.0
+
+  def add_macs(self, macs: int, exact: int, detail: str, kind: str) -> None:
+    self.macs += macs
+    self.exact_macs += exact
+    self.detail = self.detail or detail
+    if macs > self.kind_macs:  # the layer's kind is that of its largest conv or matmul
+      self.kind, self.kind_macs = kind, macs
 
 
 def _profile_module(module: nn.Module, args: list[Any], kwargs: dict[str, Any], batch: int,
@@ -213,6 +271,7 @@ def _profile_module(module: nn.Module, args: list[Any], kwargs: dict[str, Any], 
   rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
   variables = jax.eval_shape(lambda *a: module.init(rngs, *a, **kwargs), *args)
   layers: dict[str, _Layer] = {}
+  impls: dict[str, str] = {}
 
   def record(next_fun, call_args, call_kwargs, context):
     out = next_fun(*call_args, **call_kwargs)
@@ -221,31 +280,38 @@ def _profile_module(module: nn.Module, args: list[Any], kwargs: dict[str, Any], 
       if path not in layers:
         layers[path] = _Layer(type(context.module).__name__, _per_example(call_args[0]),
                               _per_example(out), order=len(layers))
+      if isinstance(getattr(context.module, "impl", None), str):
+        impls[path] = kernels.chosen(context.module.impl)
     return out
 
   with nn.intercept_methods(record):
     jaxpr = jax.make_jaxpr(lambda v, *a: module.apply(v, *a, mutable=True, rngs=rngs, **kwargs))(
-        variables, *args)
+        variables, *args).jaxpr
   flat = jax.tree_util.tree_flatten_with_path(variables.get("params", {}))[0]
   for key_path, leaf in flat:
     path = "/".join(str(getattr(k, "key", k)) for k in key_path[:-1])
     layer = layers.setdefault(path, _Layer(type(module).__name__, (), (), order=len(layers)))
     layer.params += int(np.prod(leaf.shape))
   root = type(module).__name__
-  for eqn_path, macs, exact, detail, in_shape, out_shape in _count(jaxpr.jaxpr):
-    # The name stack is "Root/child/grandchild", with "Class.method" entries for methods other than
-    # __call__; the module path is what is left without the root and the method entries.
-    path = "/".join(p for p in eqn_path.split("/")[1:] if "." not in p)
-    layer = layers.setdefault(path, _Layer(root, in_shape, out_shape, order=len(layers)))
-    layer.macs += macs
-    layer.exact_macs += exact
-    layer.detail = layer.detail or detail
-  rows = [LayerCost(path, f"{l.op} {l.detail}".strip(), l.in_shape, l.out_shape, l.params,
-                    _divide(l.macs, batch, path), _divide(l.exact_macs, batch, path))
+  new_layer = lambda path, in_shape=(), out_shape=(): layers.setdefault(
+      path, _Layer(root, in_shape, out_shape, order=len(layers)))
+  for c in _count(jaxpr):
+    path = _layer_path(c.stack)
+    kind = f"depthwise:{impls.get(path, 'xla')}" if c.kind == "depthwise" else c.kind
+    new_layer(path, c.in_shape, c.out_shape).add_macs(c.macs, c.exact, c.detail, kind)
+  weight_vars = set(jaxpr.invars[:len(jax.tree.leaves(variables))])
+  for path, (moved, weight) in _traffic(jaxpr, weight_vars).items():
+    layer = new_layer(path)
+    layer.bytes += moved / batch + weight
+    layer.weight_bytes += weight
+  train_apply = lambda v, *a: module.apply(v, *a, mutable=True, rngs=rngs, **_train(kwargs))
+  for path, kept in _residuals(train_apply, variables, args, batch).items():
+    new_layer(path).activation_bytes += kept
+  rows = [_row(path, f"{l.op} {l.detail}".strip(), l, batch)
           for path, l in sorted(layers.items(), key=lambda kv: kv[1].order)
-          if l.params or l.macs]
+          if l.params or l.macs or l.bytes or l.activation_bytes]
   params = sum(int(np.prod(leaf.shape)) for _, leaf in flat)
-  return _finish(root, shape, params, rows)
+  return _finish(root, shape, params, rows, _dtype(jaxpr))
 
 
 def _profile_fn(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], batch: int,
@@ -253,17 +319,125 @@ def _profile_fn(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
   jaxpr = jax.make_jaxpr(lambda *a: fn(*a, **kwargs))(*args).jaxpr
   weights = _weight_inputs(jaxpr)
   rows = []
-  for i, (path, macs, exact, detail, in_shape, out_shape) in enumerate(_count(jaxpr)):
-    rows.append(LayerCost(path or f"op{i}", detail, in_shape, out_shape, 0,
-                          _divide(macs, batch, path or f"op{i}"),
-                          _divide(exact, batch, path or f"op{i}")))
+  for i, c in enumerate(_count(jaxpr)):
+    layer = _Layer(c.detail, c.in_shape, c.out_shape, order=i)
+    layer.add_macs(c.macs, c.exact, "", "depthwise:xla" if c.kind == "depthwise" else c.kind)
+    # A function has no layers: each conv/dot moves its operands and its result, every time it runs;
+    # its right-hand operand (the kernel) is its weights.
+    weight = _nbytes(c.eqn.invars[1])
+    moved = sum(_nbytes(v) for v in (*c.eqn.invars, *c.eqn.outvars)) - weight
+    layer.bytes, layer.weight_bytes = c.times * (moved / batch + weight), c.times * weight
+    rows.append(_row(c.stack or f"op{i}", c.detail, layer, batch))
   params = sum(int(np.prod(v.aval.shape)) for v in weights)
-  return _finish(getattr(fn, "__name__", type(fn).__name__), shape, params, rows)
+  return _finish(getattr(fn, "__name__", type(fn).__name__), shape, params, rows, _dtype(jaxpr))
 
 
-def _finish(name: str, shape: tuple[int, ...], params: int, rows: list[LayerCost]) -> Profile:
+def _row(path: str, op: str, layer: _Layer, batch: int) -> LayerCost:
+  return LayerCost(path, op, layer.in_shape, layer.out_shape, layer.params,
+                   _divide(layer.macs, batch, path), _divide(layer.exact_macs, batch, path),
+                   int(round(layer.bytes)), layer.weight_bytes, int(round(layer.activation_bytes)),
+                   layer.kind)
+
+
+def _finish(name: str, shape: tuple[int, ...], params: int, rows: list[LayerCost],
+            dtype: str) -> Profile:
   return Profile(name=name, input_shape=shape, params=params, macs=sum(r.macs for r in rows),
-                 exact_macs=sum(r.exact_macs for r in rows), rows=tuple(rows))
+                 exact_macs=sum(r.exact_macs for r in rows), rows=tuple(rows),
+                 bytes=sum(r.bytes for r in rows),
+                 activation_bytes=sum(r.activation_bytes for r in rows), dtype=dtype)
+
+
+def _train(kwargs: dict[str, Any]) -> dict[str, Any]:
+  """The call's keyword arguments in training mode (where the module takes ``train``)."""
+  return {**kwargs, "train": True} if "train" in kwargs else kwargs
+
+
+def _layer_path(stack: str) -> str:
+  """The module path of a name stack: "Root/child/Class.method/grandchild" -> "child/grandchild".
+
+  The first entry is the root module (or a transformation of it, e.g. "jvp(Root)"); "Class.method"
+  entries are methods other than ``__call__``.
+  """
+  return "/".join(p for p in stack.split("/")[1:] if "." not in p)
+
+
+def _nbytes(v: Any) -> int:
+  """Bytes of a jaxpr variable's array (0 for literals, tokens and PRNG keys)."""
+  aval = getattr(v, "aval", None)
+  if (aval is None or not hasattr(aval, "dtype") or isinstance(v, jax_core.Literal)
+      or jax.dtypes.issubdtype(aval.dtype, jax.dtypes.extended)):
+    return 0
+  return int(np.prod(aval.shape)) * jnp.dtype(aval.dtype).itemsize
+
+
+def _traffic(jaxpr: jax_core.Jaxpr, weights: set[Any]) -> dict[str, tuple[int, int]]:
+  """Per layer path: (activation bytes read and written across the layer's boundary, weight bytes
+  read), for the whole batch. Equations with inner jaxprs count as one: their operands and results."""
+  producer: dict[Any, str] = {}
+  readers: dict[Any, set[str]] = {}
+  reads: dict[str, set[Any]] = {}
+  made: dict[str, list[Any]] = {}
+  for eqn in jaxpr.eqns:
+    path = _layer_path(str(eqn.source_info.name_stack))
+    for v in eqn.invars:
+      if isinstance(v, jax_core.Var):
+        readers.setdefault(v, set()).add(path)
+        reads.setdefault(path, set()).add(v)
+    for v in eqn.outvars:
+      producer[v] = path
+      made.setdefault(path, []).append(v)
+  outputs = {v for v in jaxpr.outvars if isinstance(v, jax_core.Var)}
+  traffic = {}
+  for path in {*reads, *made}:
+    outside = [v for v in reads.get(path, ()) if producer.get(v) != path]
+    weight = sum(_nbytes(v) for v in outside if v in weights)
+    moved = sum(_nbytes(v) for v in outside if v not in weights)
+    moved += sum(_nbytes(v) for v in made.get(path, ())
+                 if v in outputs or readers.get(v, set()) - {path})
+    traffic[path] = (moved, weight)
+  return traffic
+
+
+def _residuals(apply: Callable[..., Any], variables: Any, args: list[Any], batch: int
+               ) -> dict[str, float]:
+  """Per layer path, the bytes per example that ``jax.vjp`` saves for the backward pass of
+  ``apply(variables, *args) -> (y, state)``, differentiated in the "params" collection and the
+  floating inputs: its residuals whose leading dimension is the batch, parameters excluded."""
+  floating = [i for i, a in enumerate(args)
+              if jnp.issubdtype(getattr(a, "dtype", jnp.int32), jnp.floating)]
+
+  def saved(variables, *args):
+    def f(params, *diff):
+      full = list(args)
+      for i, d in zip(floating, diff):
+        full[i] = d
+      return apply({**variables, "params": params}, *full)[0]
+    return jax.vjp(f, variables.get("params", {}), *[args[i] for i in floating])[1]
+
+  jaxpr = jax.make_jaxpr(saved)(variables, *args).jaxpr
+  producer = {v: _layer_path(str(eqn.source_info.name_stack))
+              for eqn in jaxpr.eqns for v in eqn.outvars}
+  variable_vars = set(jaxpr.invars[:len(jax.tree.leaves(variables))])
+  kept: dict[str, float] = {}
+  for v in {v for v in jaxpr.outvars if isinstance(v, jax_core.Var)}:
+    shape = v.aval.shape
+    if v in variable_vars or not shape or shape[0] != batch:
+      continue
+    path = producer.get(v, "")
+    kept[path] = kept.get(path, 0.0) + _nbytes(v) / batch
+  return kept
+
+
+def _dtype(jaxpr: jax_core.Jaxpr) -> str:
+  """The dtype of the first convolution or matmul (float32 when there is none)."""
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in _COUNTED:
+      return jnp.dtype(eqn.outvars[0].aval.dtype).name
+    for sub in jax_core.jaxprs_in_params(eqn.params):
+      found = _dtype(sub)
+      if found != "float32" or any(e.primitive.name in _COUNTED for e in sub.eqns):
+        return found
+  return "float32"
 
 
 def _per_example(x: Any) -> tuple[int, ...]:
@@ -286,23 +460,38 @@ _COUNTED = ("conv_general_dilated", "dot_general")
 _OPAQUE = ("pallas_call",)
 
 
-def _count(jaxpr: jax_core.Jaxpr, prefix: str = "", times: int = 1
-           ) -> Iterator[tuple[str, int, int, str, tuple[int, ...], tuple[int, ...]]]:
-  """Yields (name stack, macs, exact macs, detail, in shape, out shape) per conv/dot equation."""
+@dataclasses.dataclass(frozen=True)
+class _Counted:
+  """One conv/dot equation: its name stack, MACs (times the loop trips it runs), a detail for the
+  row's op ("3x3 /2 depthwise"), its kind ("conv", "conv1x1", "grouped", "depthwise", "dot"), its
+  per-example in/out shapes, the equation and how many times it runs."""
+  stack: str
+  macs: int
+  exact: int
+  detail: str
+  kind: str
+  in_shape: tuple[int, ...]
+  out_shape: tuple[int, ...]
+  eqn: jax_core.JaxprEqn
+  times: int
+
+
+def _count(jaxpr: jax_core.Jaxpr, prefix: str = "", times: int = 1) -> Iterator[_Counted]:
+  """Yields a :class:`_Counted` per conv/dot equation, inner jaxprs included."""
   for eqn in jaxpr.eqns:
     stack = "/".join(p for p in (prefix, str(eqn.source_info.name_stack)) if p)
     name = eqn.primitive.name
     if name == "conv_general_dilated":
-      macs, exact, detail = _conv_macs(eqn)
+      macs, exact, detail, kind = _conv_macs(eqn)
     elif name == "dot_general":
       macs, detail = _dot_macs(eqn)
-      exact = macs
+      exact, kind = macs, "dot"
     else:
       if name in _OPAQUE:
         continue
       inner_times = times * int(eqn.params.get("length", 1)) if name == "scan" else times
       if name == "while" and any(m for sub in jax_core.jaxprs_in_params(eqn.params)
-                                 for _, m, *_ in _count(sub, stack, 1)):
+                                 for m in (c.macs for c in _count(sub, stack, 1))):
         raise ValueError(f"profile: a lax.while_loop at {stack or 'the top level'} contains "
                          "convolutions or matmuls, and its trip count is unknown when tracing "
                          "abstractly, so its MACs cannot be counted; use lax.scan or lax.fori_loop "
@@ -310,16 +499,17 @@ def _count(jaxpr: jax_core.Jaxpr, prefix: str = "", times: int = 1
       branches = eqn.params.get("branches")
       if branches is not None:  # lax.cond: count the most expensive branch
         counts = [list(_count(b.jaxpr, stack, inner_times)) for b in branches]
-        yield from max(counts, key=lambda c: sum(m for _, m, *_ in c))
+        yield from max(counts, key=lambda c: sum(x.macs for x in c))
         continue
       for sub in jax_core.jaxprs_in_params(eqn.params):
         yield from _count(sub, stack, inner_times)
       continue
     lhs = eqn.invars[0].aval.shape
-    yield stack, macs * times, exact * times, detail, tuple(lhs[1:]), tuple(eqn.outvars[0].aval.shape[1:])
+    yield _Counted(stack, macs * times, exact * times, detail, kind, tuple(lhs[1:]),
+                   tuple(eqn.outvars[0].aval.shape[1:]), eqn, times)
 
 
-def _conv_macs(eqn: jax_core.JaxprEqn) -> tuple[int, int, str]:
+def _conv_macs(eqn: jax_core.JaxprEqn) -> tuple[int, int, str, str]:
   p = eqn.params
   dn = p["dimension_numbers"]
   lhs = eqn.invars[0].aval.shape
@@ -337,11 +527,13 @@ def _conv_macs(eqn: jax_core.JaxprEqn) -> tuple[int, int, str]:
   exact = per_tap_positions * valid * rhs_in // batch_groups
   groups = p["feature_group_count"]
   cin = lhs[dn.lhs_spec[1]]
-  kind = ("depthwise" if groups == cin and groups > 1 else f"g={groups}" if groups > 1 else "")
+  grouping = ("depthwise" if groups == cin and groups > 1 else f"g={groups}" if groups > 1 else "")
   strides = tuple(p["window_strides"])
   detail = " ".join(s for s in ("x".join(map(str, window)),
-                                f"/{strides[0]}" if set(strides) != {1} else "", kind) if s)
-  return macs, exact, detail
+                                f"/{strides[0]}" if set(strides) != {1} else "", grouping) if s)
+  kind = ("depthwise" if grouping == "depthwise" else "grouped" if groups > 1
+          else "conv1x1" if int(np.prod(window)) == 1 else "conv")
+  return macs, exact, detail, kind
 
 
 def _valid_pairs(size: int, out: int, k: int, stride: int, pad: tuple[int, int], lhs_dilation: int,

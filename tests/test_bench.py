@@ -5,14 +5,17 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
+import pwconv
 from pwconv import bench
 from pwconv import blocks
 
 
 def test_seed_case_row():
-  result = bench.run(quick=True, cases=["seed bottleneck"], repeats=1, batch=2)
+  result = bench.run(quick=True, cases=["seed bottleneck"], repeats=1, batch=2, calibrate=False)
   (row,) = result["rows"]
   assert row["case"].startswith("seed bottleneck")
   assert row["candidate"]["macs"] == 43_352_064
@@ -22,8 +25,17 @@ def test_seed_case_row():
       row["baseline"]["forward_s"] / row["candidate"]["forward_s"])
   assert row["forward_realized"] == pytest.approx(row["forward_speedup"] / row["theory_ratio"])
   assert row["flops_per_s"] == pytest.approx(2 * 43_352_064 * 2 / row["candidate"]["forward_s"])
-  assert row["candidate"]["output_elements"] == 2 * 28 * 28 * 64
+  # Least traffic of the whole batch: pwconv.profile's per-example bytes, weights read once.
+  profile = pwconv.profile(blocks.Bottleneck(64, 32, (5, 5), expand=False, residual=False),
+                           jax.ShapeDtypeStruct((2, 28, 28, 128), jnp.float32))
+  assert row["candidate"]["bytes"] == sum(2 * (r.bytes - r.weight_bytes) + r.weight_bytes
+                                          for r in profile.rows)
+  assert row["candidate"]["activation_bytes"] == 2 * profile.activation_bytes
   assert 0 < row["roofline_fraction"]
+  assert row["roofline_speedup"] == pytest.approx(
+      row["baseline"]["roofline_s"] / row["candidate"]["roofline_s"])
+  assert result["efficiency"] == {}  # not calibrated: the prediction is the pure roofline
+  assert row["predicted_speedup"] == pytest.approx(row["roofline_speedup"])
   assert result["peaks"]["source"] == "probe"  # a CPU is in no table
   text = bench.table(result["rows"], bench.Peaks(**result["peaks"]), "header")
   assert "seed bottleneck" in text and "3.70" in text
@@ -31,7 +43,7 @@ def test_seed_case_row():
 
 def test_impls_give_one_row_each_for_depthwise_cases_only():
   result = bench.run(quick=True, cases=["depthwise 3x3", "pointwise 1x1 28x28x64"],
-                     impls=["xla", "auto"], repeats=1, batch=1)
+                     impls=["xla", "auto"], repeats=1, batch=1, calibrate=False)
   impls = [(r["case"], r["impl"]) for r in result["rows"]]
   assert ("depthwise 3x3 56x56x128", "xla->xla") in impls
   assert sum(1 for case, _ in impls if case.startswith("depthwise")) == 2
@@ -102,6 +114,20 @@ def test_command_line_writes_json(tmp_path):
   result = json.loads(out.read_text())
   assert result["rows"][0]["theory_ratio"] == pytest.approx(
       160_563_200 / (28 * 28 * 25 * 128 + 28 * 28 * 128 * 64))
+  # Calibrated by default: every layer kind the case has, and the prediction's fields.
+  assert {"conv", "dot", "depthwise:shifted", "memory"} <= set(result["efficiency"])
+  assert result["rows"][0]["predicted_speedup"] > 0
+  assert "pred x" in proc.stdout
+
+
+def test_correlations_rank_the_rows():
+  rows = [dict(theory_ratio=t, roofline_speedup=r, predicted_speedup=p, forward_speedup=f)
+          for t, r, p, f in ((1.0, 1.0, 30.0, 34.0), (18.0, 8.0, 6.0, 5.0), (3.7, 3.4, 3.3, 3.0),
+                             (0.7, 0.3, 0.2, 0.4))]
+  c = bench.correlations(rows)
+  assert c["predicted"] == pytest.approx(1.0)
+  assert c["theory"] == pytest.approx(0.4)
+  assert bench.correlations(rows[:1]) == {}
 
 
 def test_torch_mirrors_do_the_modules_work():

@@ -196,7 +196,9 @@ class FlaxLayersCountedTheSameTest(parameterized.TestCase):
     self.assertEqual(p.params, 9 * 3 * 16 + 16 + 9 * 16 + 2 * 16 + 16 * 32 + 2 * 32 + 32 * 10 + 10)
     self.assertEqual([r.path for r in p.rows],
                      ["stem", "block/depthwise", "block/depthwise_norm", "block/pointwise",
-                      "block/pointwise_norm", "head"])
+                      "block/pointwise_norm", "block", "head", ""])
+    # The block's own row is its activations' traffic; the root's, the global mean pool.
+    self.assertEqual((by_path["block"].macs, by_path[""].macs), (0, 0))
 
 
 class ControlFlowTest(parameterized.TestCase):
@@ -274,6 +276,78 @@ class OutputTest(parameterized.TestCase):
     self.assertEqual(s.block.macs, 2 * 16 * 4)
     self.assertEqual(s.dense.macs, 0)
     self.assertEqual(s.macs_ratio, 0.0)
+
+
+class _TwoPointwise(nn.Module):
+  """x -> 1x1 to 16 -> 1x1 to 8: its backward needs x and the intermediate, nothing else."""
+
+  @nn.compact
+  def __call__(self, x):
+    return pwconv.PointwiseConv(8, name="second")(pwconv.PointwiseConv(16, name="first")(x))
+
+
+class MemoryTest(parameterized.TestCase):
+  """bytes (least forward traffic) and activation_bytes (kept for backward), hand-computed."""
+
+  def test_pointwise_reads_input_and_weights_writes_output(self):
+    p = pwconv.profile(pwconv.PointwiseConv(32), _spec((1, 8, 8, 16)))
+    (row,) = p.rows
+    self.assertEqual((row.bytes, row.weight_bytes, row.kind), (4 * (64 * 16 + 64 * 32 + 16 * 32),
+                                                               4 * 16 * 32, "dot"))
+    self.assertEqual(p.bytes, row.bytes)
+    # The backward needs the input (the kernel is a parameter, not counted).
+    self.assertEqual(p.activation_bytes, 4 * 64 * 16)
+
+  def test_bfloat16_compute(self):
+    p = pwconv.profile(pwconv.PointwiseConv(32, dtype=jnp.bfloat16), _spec((1, 8, 8, 16)))
+    # An f32 input and f32 kernel are read, a bf16 output written; the bf16 copy of x is kept.
+    self.assertEqual(p.bytes, 4 * 64 * 16 + 4 * 16 * 32 + 2 * 64 * 32)
+    self.assertEqual(p.activation_bytes, 2 * 64 * 16)
+    self.assertEqual(p.dtype, "bfloat16")
+
+  def test_strided_depthwise(self):
+    p = pwconv.profile(pwconv.DepthwiseConv((3, 3), (2, 2), impl="xla"), _spec((1, 9, 9, 8)))
+    self.assertEqual(p.bytes, 4 * (81 * 8 + 25 * 8 + 9 * 8))
+    self.assertEqual(p.rows[0].kind, "depthwise:xla")
+
+  def test_grouped_pointwise_weights(self):
+    p = pwconv.profile(pwconv.PointwiseConv(32, groups=4), _spec((2, 4, 4, 16)))
+    # Per example: input and output; the (16 / 4) x 32 kernel is read once (counted at batch 1).
+    self.assertEqual(p.bytes, 4 * (16 * 16 + 16 * 32) + 4 * 4 * 32)
+    self.assertEqual(p.rows[0].weight_bytes, 4 * 4 * 32)
+
+  def test_concat_is_the_blocks_own_row(self):
+    fire = pwconv.FireModule(2, 4, 4, norm=None, act=None)
+    rows = {r.path: r for r in pwconv.profile(fire, _spec((1, 6, 6, 8))).rows}
+    hw = 36
+    # squeeze: reads x and its kernel + bias, writes its output (read by both expands).
+    self.assertEqual(rows["squeeze"].bytes, 4 * (hw * 8 + 8 * 2 + 2 + hw * 2))
+    # The concatenation reads both expand outputs and writes the block's output.
+    self.assertEqual(rows[""].bytes, 4 * (hw * 4 + hw * 4 + hw * 8))
+    self.assertEqual(rows[""].kind, "memory")
+
+  def test_residual_add(self):
+    block = pwconv.DepthwiseSeparable(8, residual=True, norm=None, act=None)
+    rows = {r.path: r for r in pwconv.profile(block, _spec((1, 6, 6, 8))).rows}
+    # The add reads the pointwise output and the input, and writes the sum.
+    self.assertEqual(rows[""].bytes, 4 * 3 * 36 * 8)
+
+  def test_activation_bytes_of_a_chain(self):
+    p = pwconv.profile(_TwoPointwise(), _spec((4, 5, 5, 12)))
+    # Per example: x (12 channels) for the first kernel's gradient, the 16-channel intermediate for
+    # the second's.
+    self.assertEqual(p.activation_bytes, 4 * 25 * (12 + 16))
+    rows = {r.path: r for r in p.rows}
+    self.assertEqual(rows["first"].activation_bytes, 4 * 25 * 16)  # made by "first"
+
+  def test_function_profiles_count_operands(self):
+    p = pwconv.profile(lambda x, k: ops.pointwise_conv(x, k), _spec((2, 3, 3, 4)), _spec((4, 6)))
+    self.assertEqual(p.bytes, 4 * (9 * 4 + 9 * 6) + 4 * 24)
+
+  def test_table_shows_bytes(self):
+    text = pwconv.profile(pwconv.PointwiseConv(32), _spec((1, 8, 8, 16))).table()
+    self.assertIn("bytes", text)
+    self.assertIn("14.0 KiB", text)
 
 
 class BadInputTest(parameterized.TestCase):

@@ -27,9 +27,11 @@ def _profile(name, resolution=224, **kwargs):
 
 
 def _layer_sums(profile):
-  """{top-level layer name: (params, macs)} summed over the rows below it."""
+  """{top-level layer name: (params, macs)} summed over the rows below it that have either."""
   sums = {}
   for row in profile.rows:
+    if not (row.params or row.macs):
+      continue
     params, macs = sums.get(row.path.split("/")[0], (0, 0))
     sums[row.path.split("/")[0]] = (params + row.params, macs + row.macs)
   return sums

@@ -54,6 +54,11 @@ def resolve(impl: str, backend: str | None = None) -> str:
   """The implementation name that ``impl`` stands for on ``backend`` (default: JAX's default backend)."""
   if _FORCE_REFERENCE.get():
     return "xla"
+  return chosen(impl, backend)
+
+
+def chosen(impl: str, backend: str | None = None) -> str:
+  """What ``impl`` runs on ``backend`` outside :func:`reference_only` (what cost counting reports)."""
   if impl != "auto":
     return impl
   return _AUTO.get(backend or jax.default_backend(), "xla")
