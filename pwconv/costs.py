@@ -281,7 +281,8 @@ def _profile_module(module: nn.Module, args: list[Any], kwargs: dict[str, Any], 
         layers[path] = _Layer(type(context.module).__name__, _per_example(call_args[0]),
                               _per_example(out), order=len(layers))
       if isinstance(getattr(context.module, "impl", None), str):
-        impls[path] = kernels.chosen(context.module.impl)
+        taps = int(np.prod(context.module.kernel_size))
+        impls[path] = kernels.chosen(context.module.impl, taps=taps)
     return out
 
   with nn.intercept_methods(record):

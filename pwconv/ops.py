@@ -114,9 +114,10 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, *, strides: int | Sequence[i
     dilation: int or (dh, dw), each >= 1 (atrous convolution).
     impl: "auto" (fastest measured path on the current backend) or a name in
       ``pwconv.kernels.names()``; "xla" is the reference ``lax.conv_general_dilated``. Every impl
-      gives the same values and reverse-mode gradients; "shifted" and "pallas" define their
-      backward with ``jax.custom_vjp``, so forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``)
-      needs ``impl="xla"``.
+      gives the same values and derivatives under every transformation (``jax.grad``, ``jax.jvp``,
+      ``jax.jacfwd``, ``jax.vmap``): "shifted" and "pallas" are bilinear primitives
+      (:mod:`pwconv.kernels.primitive`). "auto" is chosen per platform when the program is
+      lowered, so ``jax.export`` for several platforms gets each platform's choice.
 
   Returns:
     (N, Ho, Wo, C·multiplier). Cost: Ho·Wo·kh·kw·C·multiplier MACs per example (padded taps counted).

@@ -8,6 +8,8 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import functools  # noqa: E402
+
 import chex  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -175,10 +177,9 @@ class PallasTest(parameterized.TestCase):
 
 class DispatchTest(parameterized.TestCase):
 
-  @parameterized.parameters(("shifted", "custom_vjp_call", "conv_general_dilated"),
-                            ("pallas", "pallas_call", "conv_general_dilated"),
-                            ("auto", "custom_vjp_call", "conv_general_dilated"),
-                            ("xla", "conv_general_dilated", "custom_vjp_call"))
+  @parameterized.parameters(("shifted", "pwconv_shifted_depthwise", "conv_general_dilated"),
+                            ("pallas", "pwconv_pallas_depthwise", "conv_general_dilated"),
+                            ("xla", "conv_general_dilated", "pwconv_shifted_depthwise"))
   def test_ops_dispatch_on_cpu(self, impl, present, absent):
     x, kernel, conv_args = _inputs("3x3_same")
     jaxpr = str(jax.make_jaxpr(lambda x, k: ops.depthwise_conv(x, k, impl=impl, **conv_args))(
@@ -193,10 +194,86 @@ class DispatchTest(parameterized.TestCase):
       self.assertEqual(kernels.resolve("shifted"), "xla")
       jaxpr = str(jax.make_jaxpr(lambda x, k: ops.depthwise_conv(x, k, **conv_args))(x, kernel))
     self.assertIn("conv_general_dilated", jaxpr)
-    self.assertNotIn("custom_vjp_call", jaxpr)
+    self.assertNotIn("pwconv_shifted_depthwise", jaxpr)
 
   def test_auto_by_backend(self):
     self.assertEqual(kernels.resolve("auto", "cpu"), "shifted")
     self.assertEqual(kernels.resolve("auto", "gpu"), "xla")
     self.assertEqual(kernels.resolve("auto", "tpu"), "xla")
     self.assertIn("pallas", kernels.names())
+
+  def test_auto_keeps_xla_for_large_kernels(self):
+    # The shifted sum unrolls its taps: past 81 (9x9) XLA's conv is the faster choice on CPU.
+    self.assertEqual(kernels.resolve("auto", "cpu", taps=81), "shifted")
+    self.assertEqual(kernels.resolve("auto", "cpu", taps=15 * 15), "xla")
+    x, kernel = jnp.ones((1, 16, 16, 2)), jnp.ones((11, 11, 1, 2))
+    jaxpr = str(jax.make_jaxpr(lambda x, k: ops.depthwise_conv(x, k))(x, kernel))
+    self.assertIn("conv_general_dilated", jaxpr)
+    self.assertNotIn("pwconv_shifted_depthwise", jaxpr)
+
+
+class PlatformTest(parameterized.TestCase):
+  """"auto" is chosen per platform at lowering, not on the tracing host."""
+
+  def _export(self, platforms):
+    x, kernel, conv_args = _inputs("3x3_same")
+    fn = jax.jit(lambda x, k: ops.depthwise_conv(x, k, **conv_args))
+    return export.export(fn, platforms=platforms)(x, kernel).mlir_module()
+
+  def test_each_platform_gets_its_choice(self):
+    cpu, cuda = self._export(("cpu",)), self._export(("cuda",))
+    self.assertNotIn("stablehlo.convolution", cpu)  # the shifted multiply-adds
+    self.assertIn("stablehlo.slice", cpu)
+    self.assertIn("stablehlo.convolution", cuda)  # XLA's conv, not the CPU kernel
+    self.assertNotIn("stablehlo.slice", cuda)
+
+  def test_one_export_for_several_platforms_holds_both(self):
+    module = self._export(("cpu", "cuda", "tpu"))
+    self.assertIn("stablehlo.convolution", module)
+    self.assertIn("stablehlo.slice", module)
+    self.assertIn("stablehlo.case", module)
+
+
+class TransformTest(parameterized.TestCase):
+  """Every impl under forward mode, higher order and vmap equals the reference's derivatives."""
+
+  @parameterized.parameters("shifted", "pallas", "auto")
+  def test_forward_mode_and_higher_order(self, impl):
+    x, kernel, conv_args = _inputs("3x3_valid_s2" if impl != "pallas" else "3x3_same")
+    f = lambda impl: (lambda x, k: ops.depthwise_conv(x, k, impl=impl, **conv_args))
+    tangents = (jnp.cos(x), jnp.sin(kernel))
+    rtol = RTOL[jnp.float32]
+    for a, b in zip(jax.jvp(f(impl), (x, kernel), tangents), jax.jvp(f("xla"), (x, kernel), tangents)):
+      _assert_close(a, b, rtol)
+    loss = lambda impl: (lambda x, k: jnp.sum(f(impl)(x, k) ** 2))
+    # jvp of grad (a Hessian-vector product) and jacfwd in the kernel.
+    hvp = lambda impl: jax.jvp(jax.grad(loss(impl), argnums=1), (x, kernel), tangents)[1]
+    _assert_close(hvp(impl), hvp("xla"), 1e-4)
+    jac = lambda impl: jax.jacfwd(lambda k: f(impl)(x[:1], k).sum(axis=(0, 1, 2)))(kernel)
+    _assert_close(jac(impl), jac("xla"), rtol)
+
+  @parameterized.parameters("shifted", "auto")
+  def test_per_example_gradients(self, impl):
+    x, kernel, conv_args = _inputs("5x5_int_s3_m2")
+    xs = jnp.stack([x, 2 * x, -x])
+    grad = lambda impl: jax.vmap(jax.grad(
+        lambda x, k: jnp.sum(ops.depthwise_conv(x, k, impl=impl, **conv_args) ** 2), argnums=1),
+        in_axes=(0, None))
+    _assert_close(grad(impl)(xs, kernel), grad("xla")(xs, kernel), 1e-4)
+    # A vmapped kernel (one per example) falls back to vmap of the plain forward.
+    kernels_ = jnp.stack([kernel, -kernel, 0.5 * kernel])
+    ys = jax.vmap(lambda k: ops.depthwise_conv(x, k, impl=impl, **conv_args))(kernels_)
+    ref = jax.vmap(lambda k: ops.depthwise_conv(x, k, impl="xla", **conv_args))(kernels_)
+    _assert_close(ys, ref, RTOL[jnp.float32])
+
+  def test_through_a_block(self):
+    import pwconv
+
+    block = pwconv.InvertedResidual(8, 2, strides=(2, 2))
+    x = jax.random.normal(jax.random.key(3), (2, 6, 6, 8))
+    variables = block.init(jax.random.key(0), x)
+    out, tangent = jax.jvp(lambda x: block.apply(variables, x), (x,), (jnp.ones_like(x),))
+    xla = block.clone(depthwise_conv=functools.partial(pwconv.DepthwiseConv, impl="xla"))
+    ref_out, ref_tangent = jax.jvp(lambda x: xla.apply(variables, x), (x,), (jnp.ones_like(x),))
+    _assert_close(out, ref_out, RTOL[jnp.float32])
+    _assert_close(tangent, ref_tangent, 1e-4)

@@ -18,8 +18,8 @@ Two kernel bodies compute the same thing, because the two Pallas backends accept
 
 :func:`depthwise_conv` picks the body by ``jax.default_backend()``: compiled Triton on "gpu",
 compiled Mosaic on "tpu", and the Triton body in interpret mode anywhere else (CPU), so tests run
-it. Its gradient is a ``jax.custom_vjp`` whose backward is :mod:`pwconv.kernels.shifted`'s
-shifted-add backward (XLA fusions), not a Pallas kernel.
+it. It is a bilinear primitive (:mod:`pwconv.kernels.primitive`) whose transposes are
+:mod:`pwconv.kernels.shifted`'s shifted-add gradients (XLA fusions), not Pallas kernels.
 
 The block sizes are chosen for H100/H200 (Triton) and for TPU lanes but are UNMEASURED on any
 device: nobody has timed this kernel against XLA yet, which is why it is not an ``"auto"`` choice.
@@ -36,6 +36,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as plgpu
 
+from pwconv.kernels import primitive
 from pwconv.kernels import shifted
 from pwconv.kernels.shifted import Padding, Pair
 
@@ -186,34 +187,19 @@ def _forward(x, kernel, strides, padding, dilation):
   return gpu_depthwise(x, kernel, strides, padding, dilation, interpret=backend != "gpu")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: Pair, padding: Padding,
-                   dilation: Pair) -> jax.Array:
-  """Depthwise convolution by a Pallas kernel; backward by :mod:`pwconv.kernels.shifted`.
+depthwise_conv = primitive.bilinear_depthwise("pwconv_pallas_depthwise", _forward,
+                                              shifted.input_grad, shifted.weight_grad)
+depthwise_conv.__doc__ = """Depthwise convolution by a Pallas kernel; backward by :mod:`pwconv.kernels.shifted`.
 
-  Args:
-    x: (N, H, W, C), any float dtype.
-    kernel: (kh, kw, 1, C·m), same dtype; output channel c·m + j filters input channel c with
-      ``kernel[..., 0, c·m + j]``.
-    strides: (sh, sw), each >= 1.
-    padding: ((top, bottom), (left, right)), non-negative; may be asymmetric or exceed the kernel.
-    dilation: (dh, dw), each >= 1.
+Args:
+  x: (N, H, W, C), any float dtype.
+  kernel: (kh, kw, 1, C·m), same dtype; output channel c·m + j filters input channel c with
+    ``kernel[..., 0, c·m + j]``.
+  strides: (sh, sw), each >= 1.
+  padding: ((top, bottom), (left, right)), non-negative; may be asymmetric or exceed the kernel.
+  dilation: (dh, dw), each >= 1.
 
-  Returns:
-    (N, Ho, Wo, C·m) in x's dtype, accumulated in f32. Cost: N·Ho·Wo·kh·kw·C·m MACs.
-  """
-  return _forward(x, kernel, strides, padding, dilation)
-
-
-def _depthwise_fwd(x, kernel, strides, padding, dilation):
-  return _forward(x, kernel, strides, padding, dilation), (x, kernel)
-
-
-def _depthwise_bwd(strides, padding, dilation, residuals, g):
-  x, kernel = residuals
-  _, vjp = jax.vjp(lambda x, k: shifted.depthwise_conv(x, k, strides, padding, dilation),
-                   x, kernel)
-  return vjp(g)
-
-
-depthwise_conv.defvjp(_depthwise_fwd, _depthwise_bwd)
+Returns:
+  (N, Ho, Wo, C·m) in x's dtype, accumulated in f32. Cost: N·Ho·Wo·kh·kw·C·m MACs. Forward-mode
+  derivatives run the Pallas kernel on the tangents.
+"""

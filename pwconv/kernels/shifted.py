@@ -4,7 +4,8 @@ XLA:CPU runs a grouped convolution (``feature_group_count = C``) 20-50x slower t
 written as kh·kw strided, dilated windows of the padded input, each scaled by its per-channel tap
 and added: XLA fuses that whole sum into one elementwise loop over the output. XLA's own depthwise
 gradients are slower still (the weight gradient becomes a dense convolution), so the op has a
-``jax.custom_vjp`` whose backward is written the same way:
+backward written the same way, declared through :mod:`pwconv.kernels.primitive` (a bilinear
+primitive, so forward-mode autodiff and vmap work too):
 
 - input gradient: the transposed convolution. The cotangent is placed on the stride grid and shifted
   by the padding in one ``lax.pad`` (interior padding; negative edge padding crops), then correlated
@@ -19,12 +20,13 @@ bf16 inputs are accumulated in f32; results come back in the input dtype.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from pwconv.kernels import primitive
 
 Pair = tuple[int, int]
 Padding = tuple[Pair, Pair]
@@ -169,40 +171,40 @@ def _weight_grad(x, g, kernel_hw, strides, padding, dilation):
   return jnp.stack(partial).sum((1, 2, 3)).reshape(kh, kw, *g.shape[3:])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: Pair, padding: Padding,
-                   dilation: Pair) -> jax.Array:
-  """Depthwise convolution as kh·kw shifted multiply-adds, with a shifted-add backward.
-
-  Args:
-    x: (N, H, W, C), any float dtype.
-    kernel: (kh, kw, 1, C·m), same dtype; output channel c·m + j filters input channel c with
-      ``kernel[..., 0, c·m + j]``.
-    strides: (sh, sw), each >= 1.
-    padding: ((top, bottom), (left, right)), non-negative; may be asymmetric or exceed the kernel.
-    dilation: (dh, dw), each >= 1.
-
-  Returns:
-    (N, Ho, Wo, C·m) in x's dtype. Cost: N·Ho·Wo·kh·kw·C·m MACs forward; backward the same for
-    the weight gradient plus N·H·W·kh·kw·C·m for the input gradient (the zeros between strided
-    outputs are multiplied too, so about sh·sw times the forward).
-  """
-  return _forward(x, kernel, strides, padding, dilation)
+def input_grad(g: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...], strides: Pair,
+               padding: Padding, dilation: Pair) -> jax.Array:
+  """The gradient in x of :func:`depthwise_conv` for a cotangent g (N, Ho, Wo, C·m)."""
+  c = x_shape[-1]
+  dtype = _compute_dtype(g.dtype)
+  g = g.astype(dtype).reshape(*g.shape[:3], c, kernel.shape[-1] // c)
+  return _input_grad(g, kernel, x_shape, strides, padding, dilation)
 
 
-def _depthwise_fwd(x, kernel, strides, padding, dilation):
-  return _forward(x, kernel, strides, padding, dilation), (x, kernel)
-
-
-def _depthwise_bwd(strides, padding, dilation, residuals, g):
-  x, kernel = residuals
+def weight_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...], strides: Pair,
+                padding: Padding, dilation: Pair) -> jax.Array:
+  """The gradient in the kernel of :func:`depthwise_conv` for a cotangent g (N, Ho, Wo, C·m)."""
   c = x.shape[-1]
-  kh, kw, _, cm = kernel.shape
+  kh, kw, _, cm = kernel_shape
   dtype = _compute_dtype(x.dtype)
   g = g.astype(dtype).reshape(*g.shape[:3], c, cm // c)
-  dx = _input_grad(g, kernel, x.shape, strides, padding, dilation)
   dk = _weight_grad(x.astype(dtype), g, (kh, kw), strides, padding, dilation)
-  return dx.astype(x.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
+  return dk.reshape(kernel_shape)
 
 
-depthwise_conv.defvjp(_depthwise_fwd, _depthwise_bwd)
+depthwise_conv = primitive.bilinear_depthwise("pwconv_shifted_depthwise", _forward, input_grad,
+                                              weight_grad)
+depthwise_conv.__doc__ = """Depthwise convolution as kh·kw shifted multiply-adds, with a shifted-add backward.
+
+Args:
+  x: (N, H, W, C), any float dtype.
+  kernel: (kh, kw, 1, C·m), same dtype; output channel c·m + j filters input channel c with
+    ``kernel[..., 0, c·m + j]``.
+  strides: (sh, sw), each >= 1.
+  padding: ((top, bottom), (left, right)), non-negative; may be asymmetric or exceed the kernel.
+  dilation: (dh, dw), each >= 1.
+
+Returns:
+  (N, Ho, Wo, C·m) in x's dtype. Cost: N·Ho·Wo·kh·kw·C·m MACs forward; backward the same for
+  the weight gradient plus N·H·W·kh·kw·C·m for the input gradient (the zeros between strided
+  outputs are multiplied too, so about sh·sw times the forward).
+"""
