@@ -1,126 +1,204 @@
-"""Checks a run's config before anything compiles: every bad key or value is an error naming the key."""
+"""Checks a run's config before anything compiles: every bad key or value is an error naming the key.
+
+:data:`KEYS` holds each key's own check, in the order they run; :data:`RULES` then check the keys
+against each other; last, every variant's model is built as training builds it
+(:func:`experiments.variants.build_model`), so a model setting it cannot be built with fails before
+the first variant trains. A check is called as ``check("config", key, value)`` and raises as the
+functions of :mod:`pwconv.validate` do; its message names ``config.<key>``.
+"""
 
 from __future__ import annotations
 
 import difflib
 import functools
-import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
 
 from experiments import data as data_lib
+from experiments import variants as variants_lib
 from experiments.configs import default
 from pwconv import kernels
-from pwconv import models
-from pwconv.layers import DepthwiseConv
+from pwconv import validate
+
+Check = Callable[[str, str, Any], Any]  # (owner, key, value); raises TypeError or ValueError
 
 OPTIMIZERS = ("sgd", "adamw")
-DTYPES = ("float32", "bfloat16")
-NORMS = ("batch", "layer", "none")
-ACTIVATIONS = ("relu", "relu6", "swish", "gelu")
 DISTRIBUTED = ("auto", "always", "never")
 
-# Keys that do not change what a run computes: a resumed run may differ from the first in these.
-RESUMABLE_DIFFERENCES = ("stop_after_steps", "timing_repeats", "eval_every_steps",
-                         "checkpoint_every_steps", "checkpoints_to_keep", "num_devices",
-                         "distributed", "data_dir")
+_OWNER = "config"
+
+
+def _int(minimum: int = 1) -> Check:
+  """validate.positive_int: an int >= ``minimum``."""
+  return functools.partial(validate.positive_int, minimum=minimum)
+
+
+def _one_of(allowed: Sequence[str]) -> Check:
+  """validate.one_of, naming the choices in the order given (validate sorts them)."""
+
+  def check(owner: str, name: str, value: Any) -> None:
+    try:
+      validate.one_of(owner, name, value, allowed)
+    except ValueError:
+      raise ValueError(f"{owner}: {name} must be one of {list(allowed)}, got {value!r}") from None
+
+  return check
+
+
+def _number(*, low: float, high: float | None = None, low_open: bool = False,
+            high_open: bool = False) -> Check:
+  """validate.number, with the bounds spelled as the config writes them (0.0, where validate
+  writes 0)."""
+
+  def check(owner: str, name: str, value: Any) -> None:
+    try:
+      validate.number(owner, name, value, low=low, high=high, low_open=low_open,
+                      high_open=high_open)
+    except ValueError:
+      if high is None:
+        expected = f"{'>' if low_open else '>='} {low}"
+      else:
+        expected = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+      raise ValueError(f"{owner}: {name} must be {expected}, got {value!r}") from None
+
+  return check
+
+
+def _variant_names(owner: str, name: str, value: Any) -> None:
+  """A non-empty list of distinct names from :func:`experiments.variants.names`."""
+  if isinstance(value, str) or not isinstance(value, Sequence) or not value:
+    raise ValueError(f"{owner}: {name} must be a non-empty list of variant names, got {value!r}")
+  for v in value:
+    if v not in variants_lib.names():
+      raise ValueError(f"{owner}: {name}: unknown variant {v!r}; expected names from "
+                       f"{list(variants_lib.names())}")
+  if len(set(value)) != len(value):
+    raise ValueError(f"{owner}: {name} lists a variant twice: {list(value)}")
+
+
+KEYS: dict[str, Check] = {
+    "dataset": _one_of(data_lib.DATASETS),
+    "max_train": _int(0),
+    "max_test": _int(0),
+    "augment": validate.boolean,
+    "synthetic.shape": functools.partial(data_lib.positive_ints, meaning="(H, W, C)"),
+    "synthetic.sizes": functools.partial(data_lib.positive_ints, meaning="(train, test)"),
+    "synthetic.num_classes": _int(2),
+    "variants": _variant_names,
+    "batch_size": _int(),
+    "eval_batch_size": _int(),
+    "num_steps": _int(),
+    "log_every_steps": _int(),
+    "eval_every_steps": _int(),
+    "checkpoint_every_steps": _int(),
+    "checkpoints_to_keep": _int(),
+    "timing_repeats": _int(),
+    "seed": _int(0),
+    "num_devices": _int(0),
+    "stop_after_steps": _int(0),
+    "model.width": _int(),
+    "model.stages": _int(),
+    "model.depth": _int(),
+    "model.kernel_size": _int(),
+    "model.expansion": _int(),
+    "model.groups": _int(),
+    "model.pointwise_layers": _int(0),
+    "model.reduction": _number(low=0.0, high=1.0, low_open=True),
+    "model.norm": _one_of(tuple(variants_lib.NORMS)),
+    "model.act": _one_of(tuple(variants_lib.ACTIVATIONS)),
+    "model.impl": _one_of(kernels.names()),
+    "dtype": _one_of(tuple(variants_lib.DTYPES)),
+    "optimizer.name": _one_of(OPTIMIZERS),
+    "optimizer.learning_rate": _number(low=0.0, low_open=True),
+    "optimizer.momentum": _number(low=0.0, high=1.0, high_open=True),
+    "optimizer.nesterov": validate.boolean,
+    "optimizer.weight_decay": _number(low=0.0),
+    "optimizer.warmup_steps": _int(0),
+    "optimizer.final_lr_fraction": _number(low=0.0, high=1.0),
+    "distributed.initialize": _one_of(DISTRIBUTED),
+    "distributed.num_processes": _int(0),
+    "distributed.process_id": _int(0),
+}
+
+
+def _baseline_is_a_variant(config: ml_collections.ConfigDict) -> None:
+  if _get(config, "baseline") not in config.variants:
+    raise ValueError(f"config.baseline {config.baseline!r} must be one of config.variants "
+                     f"{list(config.variants)}: the savings are measured against it")
+
+
+def _warmup_within_the_run(config: ml_collections.ConfigDict) -> None:
+  if config.optimizer.warmup_steps >= config.num_steps:
+    raise ValueError(f"config.optimizer.warmup_steps ({config.optimizer.warmup_steps}) must be "
+                     f"smaller than config.num_steps ({config.num_steps})")
+
+
+def _data_dir_for_files(config: ml_collections.ConfigDict) -> None:
+  if config.dataset in data_lib.FILE_DATASETS and not _get(config, "data_dir"):
+    raise ValueError(f"config.data_dir is required for dataset {config.dataset!r} (the folder holding "
+                     "its files; nothing is downloaded)")
+
+
+def _processes_with_an_address(config: ml_collections.ConfigDict) -> None:
+  d = config.distributed
+  if _get(config, "distributed.coordinator_address"):
+    if d.initialize == "never":
+      raise ValueError("config.distributed.initialize is 'never' but "
+                       "config.distributed.coordinator_address is set; use 'auto' or 'always', or "
+                       "clear the address")
+    _check_key(config, "distributed.num_processes", _int())
+    if d.process_id >= d.num_processes:
+      raise ValueError(f"config.distributed.process_id must be < config.distributed.num_processes "
+                       f"({d.num_processes}), got {d.process_id}")
+  elif d.num_processes or d.process_id:
+    raise ValueError("config.distributed.num_processes and process_id are only used with "
+                     "config.distributed.coordinator_address, which is empty")
+
+
+RULES: tuple[Callable[[ml_collections.ConfigDict], None], ...] = (
+    _baseline_is_a_variant, _warmup_within_the_run, _data_dir_for_files,
+    _processes_with_an_address)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError/TypeError naming the first bad key (``config.optimizer.name``, ...)."""
-  known = _flatten(default.get_config().to_dict())
-  for key in _flatten(config.to_dict()):
+  known = flatten(default.get_config().to_dict())
+  for key in flatten(config.to_dict()):
     if key not in known:
       close = difflib.get_close_matches(key, known, n=1)
       hint = f"; did you mean config.{close[0]}?" if close else ""
       raise ValueError(f"config.{key} is not a known key{hint} (experiments/configs/default.py "
                        "lists them all)")
-  _one_of(config, "dataset", data_lib.DATASETS)
-  variants = _get(config, "variants")
-  if isinstance(variants, str) or not variants:
-    raise ValueError(f"config.variants must be a non-empty list of variant names, got {variants!r}")
-  for v in variants:
-    if v not in models.SMALLNET_BLOCKS:
-      raise ValueError(f"config.variants: unknown variant {v!r}; expected names from "
-                       f"{list(models.SMALLNET_BLOCKS)}")
-  if len(set(variants)) != len(variants):
-    raise ValueError(f"config.variants lists a variant twice: {list(variants)}")
-  if _get(config, "baseline") not in variants:
-    raise ValueError(f"config.baseline {config.baseline!r} must be one of config.variants "
-                     f"{list(variants)}: the savings are measured against it")
-  for key in ("batch_size", "eval_batch_size", "num_steps", "log_every_steps", "eval_every_steps",
-              "checkpoint_every_steps", "checkpoints_to_keep", "timing_repeats",
-              "model.width", "model.stages", "model.depth", "model.kernel_size", "model.expansion",
-              "model.groups"):
-    _positive_int(config, key)
-  for key in ("seed", "max_train", "max_test", "num_devices", "stop_after_steps",
-              "model.pointwise_layers", "optimizer.warmup_steps"):
-    _positive_int(config, key, minimum=0)
-  if config.optimizer.warmup_steps >= config.num_steps:
-    raise ValueError(f"config.optimizer.warmup_steps ({config.optimizer.warmup_steps}) must be "
-                     f"smaller than config.num_steps ({config.num_steps})")
-  _one_of(config, "optimizer.name", OPTIMIZERS)
-  _one_of(config, "dtype", DTYPES)
-  _one_of(config, "model.norm", NORMS)
-  _one_of(config, "model.act", ACTIVATIONS)
-  _one_of(config, "model.impl", kernels.names())
-  _one_of(config, "distributed.initialize", DISTRIBUTED)
-  _number(config, "optimizer.learning_rate", low=0.0, low_open=True)
-  _number(config, "optimizer.weight_decay", low=0.0)
-  _number(config, "optimizer.momentum", low=0.0, high=1.0, high_open=True)
-  _number(config, "optimizer.final_lr_fraction", low=0.0, high=1.0)
-  _number(config, "model.reduction", low=0.0, high=1.0, low_open=True)
-  if config.dataset in ("mnist", "fashion_mnist", "cifar10") and not config.data_dir:
-    raise ValueError(f"config.data_dir is required for dataset {config.dataset!r} (the folder holding "
-                     "its files; nothing is downloaded)")
-  if config.dataset == "synthetic":
-    shape = tuple(_get(config, "synthetic.shape"))
-    if len(shape) != 3 or not all(_is_int(d) and d >= 1 for d in shape):
-      raise ValueError(f"config.synthetic.shape must be (H, W, C) of positive ints, got {shape!r}")
-    sizes = tuple(_get(config, "synthetic.sizes"))
-    if len(sizes) != 2 or not all(_is_int(d) and d >= 1 for d in sizes):
-      raise ValueError(f"config.synthetic.sizes must be (train, test) of positive ints, got "
-                       f"{sizes!r}")
-    _positive_int(config, "synthetic.num_classes", minimum=2)
-  if config.distributed.coordinator_address:
-    if config.distributed.initialize == "never":
-      raise ValueError("config.distributed.initialize is 'never' but "
-                       "config.distributed.coordinator_address is set; use 'auto' or 'always', or "
-                       "clear the address")
-    _positive_int(config, "distributed.num_processes")
-    _positive_int(config, "distributed.process_id", minimum=0)
-    if config.distributed.process_id >= config.distributed.num_processes:
-      raise ValueError(f"config.distributed.process_id must be < config.distributed.num_processes "
-                       f"({config.distributed.num_processes}), got {config.distributed.process_id}")
-  elif config.distributed.num_processes or config.distributed.process_id:
-    raise ValueError("config.distributed.num_processes and process_id are only used with "
-                     "config.distributed.coordinator_address, which is empty")
-  # Build every model now, so a bad model config fails before the first variant trains.
-  for v in variants:
-    models.SmallNet(block=v, width=config.model.width, stages=config.model.stages,
-                    depth=config.model.depth,
-                    kernel_size=(config.model.kernel_size, config.model.kernel_size),
-                    reduction=config.model.reduction, expansion=config.model.expansion,
-                    groups=config.model.groups, pointwise_layers=config.model.pointwise_layers,
-                    depthwise_conv=functools.partial(DepthwiseConv, impl=config.model.impl))
+  for key, check in KEYS.items():
+    _check_key(config, key, check)
+  for rule in RULES:
+    rule(config)
+  num_classes = (config.synthetic.num_classes if config.dataset == "synthetic"
+                 else data_lib.FIXED_CLASSES)
+  for variant in config.variants:
+    variants_lib.build_model(config, variant, num_classes)
 
 
-def config_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The config as a flat JSON-able dict, less the keys a resumed run may change."""
-  flat = _flatten(json.loads(config.to_json_best_effort()))
-  return {k: v for k, v in flat.items()
-          if not any(k == key or k.startswith(key + ".") for key in RESUMABLE_DIFFERENCES)}
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  """A nested dict as one dict keyed by dotted paths: ``{"model.width": 32, ...}``."""
   out = {}
   for k, v in d.items():
     if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
+      out.update(flatten(v, f"{prefix}{k}."))
     else:
       out[f"{prefix}{k}"] = v
   return out
+
+
+def _check_key(config: ml_collections.ConfigDict, key: str, check: Check) -> None:
+  """Runs ``check`` on ``config.<key>``; its message's ``config: <key>`` reads ``config.<key>``."""
+  value = _get(config, key)
+  try:
+    check(_OWNER, key, value)
+  except (TypeError, ValueError) as e:
+    raise type(e)("config." + str(e).removeprefix(f"{_OWNER}: ")) from None
 
 
 def _get(config: ml_collections.ConfigDict, key: str) -> Any:
@@ -130,35 +208,3 @@ def _get(config: ml_collections.ConfigDict, key: str) -> Any:
       raise ValueError(f"config.{key} is missing")
     node = node[part]
   return node
-
-
-def _is_int(value: Any) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _positive_int(config, key, minimum=1):
-  value = _get(config, key)
-  if not _is_int(value):
-    raise TypeError(f"config.{key} must be an int, got {type(value).__name__} {value!r}")
-  if value < minimum:
-    raise ValueError(f"config.{key} must be >= {minimum}, got {value}")
-
-
-def _one_of(config, key, allowed):
-  value = _get(config, key)
-  if value not in allowed:
-    raise ValueError(f"config.{key} must be one of {list(allowed)}, got {value!r}")
-
-
-def _number(config, key, low=None, high=None, low_open=False, high_open=False):
-  value = _get(config, key)
-  if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise TypeError(f"config.{key} must be a number, got {type(value).__name__} {value!r}")
-  too_low = low is not None and (value < low or (low_open and value == low))
-  too_high = high is not None and (value > high or (high_open and value == high))
-  if too_low or too_high:
-    if high is None:
-      expected = f"{'>' if low_open else '>='} {low}"
-    else:
-      expected = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-    raise ValueError(f"config.{key} must be {expected}, got {value}")

@@ -8,57 +8,30 @@
 - ``cifar10``: the python-pickle or the binary batches, in ``data_dir`` or in the folder its archive
   extracts to. Pickles are read by an unpickler that builds numpy arrays and containers only.
 
-Nothing is ever downloaded. :func:`batch_indices` computes the examples of any training step from
-``(seed, step)`` alone, so a resumed run sees exactly the data order of an uninterrupted one.
+The files are read and checked by :mod:`experiments.dataset_files`; nothing is ever downloaded.
+:func:`batch_indices` computes the examples of any training step from ``(seed, step)`` alone, so a
+resumed run sees exactly the data order of an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import functools
-import gzip
-import math
 import os
-import pickle
-import struct
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from absl import logging
 from sklearn import datasets as sk_datasets
 from sklearn import model_selection
 
+from experiments import dataset_files
 from pwconv import validate
 
 DATASETS = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10")
+FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10")  # read from files in data_dir
 
-_FIXED_CLASSES = 10  # MNIST, Fashion-MNIST and CIFAR-10 all have ten classes.
-
-_IDX_FILES = (  # (images, labels) for train, then test; the same names for MNIST and Fashion-MNIST.
-    ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-)
-_IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dims: (N, rows, cols).
-_IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dim: (N,).
-
-_CIFAR_BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
-                  "test_batch")
-_CIFAR_PIXELS = 3 * 32 * 32  # channel-major: 1024 R, then 1024 G, then 1024 B, each row-major.
-
-_RECONSTRUCT = np.ndarray(0).__reduce__()[0]
-_SCALAR = np.float64(0).__reduce__()[0]
-_PICKLE_GLOBALS = {  # All that a pickled dict of numpy arrays, lists, bytes and numbers refers to.
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy.core.multiarray", "scalar"): _SCALAR,
-    ("numpy._core.multiarray", "scalar"): _SCALAR,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): codecs.encode,  # How protocol 2 stores bytes written by Python 3.
-}
+FIXED_CLASSES = dataset_files.NUM_CLASSES  # digits has ten classes too: all but synthetic
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -141,23 +114,23 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None, seed: 
   Raises:
     ValueError: an unknown name or a bad argument (the message names it), a missing ``data_dir``, or
       a malformed file (the message names the file and what was expected).
+    TypeError: an argument of the wrong type (the message names it).
     FileNotFoundError: a data file is missing (the message names the paths looked for).
   """
   owner = "load_dataset"
   if name not in DATASETS:
     raise ValueError(f"{owner}: unknown name {name!r}; expected one of {DATASETS}")
   seed = validate.positive_int(owner, "seed", seed, minimum=0)
-  if (isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float, np.floating))
-      or not 0 < test_fraction < 1):
-    raise ValueError(f"{owner}: test_fraction must be a number in (0, 1), got {test_fraction!r}")
-  synthetic_shape = _positive_ints(owner, "synthetic_shape", synthetic_shape, "(H, W, C)")
-  synthetic_sizes = _positive_ints(owner, "synthetic_sizes", synthetic_sizes, "(train, test)")
+  test_fraction = validate.number(owner, "test_fraction", test_fraction, low=0, high=1,
+                                  low_open=True, high_open=True)
+  synthetic_shape = positive_ints(owner, "synthetic_shape", synthetic_shape, meaning="(H, W, C)")
+  synthetic_sizes = positive_ints(owner, "synthetic_sizes", synthetic_sizes, meaning="(train, test)")
   num_classes = validate.positive_int(owner, "num_classes", num_classes, minimum=2)
   if max_train is not None:
     max_train = validate.positive_int(owner, "max_train", max_train)
   if max_test is not None:
     max_test = validate.positive_int(owner, "max_test", max_test)
-  if name in ("mnist", "fashion_mnist", "cifar10") and data_dir is None:
+  if name in FILE_DATASETS and data_dir is None:
     raise ValueError(f"{owner}: data_dir is required for {name!r}: point it at the extracted files "
                      "(nothing is downloaded)")
 
@@ -166,12 +139,12 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None, seed: 
   elif name == "synthetic":
     train, test = _synthetic(synthetic_shape, synthetic_sizes, num_classes, seed)
   elif name == "cifar10":
-    train, test = _cifar10(os.fspath(data_dir))
+    train, test = dataset_files.cifar10(os.fspath(data_dir))
   else:
-    train, test = _idx_dataset(name, os.fspath(data_dir))
+    train, test = dataset_files.idx_dataset(name, os.fspath(data_dir))
   return Dataset(name=name, train_images=train[0][:max_train], train_labels=train[1][:max_train],
                  test_images=test[0][:max_test], test_labels=test[1][:max_test],
-                 num_classes=num_classes if name == "synthetic" else _FIXED_CLASSES)
+                 num_classes=num_classes if name == "synthetic" else FIXED_CLASSES)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -220,12 +193,13 @@ def _epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return order
 
 
-def _positive_ints(owner: str, name: str, value: Any, meaning: str) -> tuple[int, ...]:
-  """Returns ``value`` as a tuple of positive ints with as many entries as ``meaning`` names."""
+def positive_ints(owner: str, name: str, value: Any, *, meaning: str) -> tuple[int, ...]:
+  """Returns ``value`` as a tuple of ints >= 1, one per entry ``meaning`` names ("(H, W, C)"), or
+  raises ValueError naming ``owner`` and ``name`` as :mod:`pwconv.validate` does."""
   length = len(meaning.split(","))
   if (not isinstance(value, Sequence) or isinstance(value, str) or len(value) != length
       or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in value)):
-    raise ValueError(f"{owner}: {name} must be {length} positive ints {meaning}, got {value!r}")
+    raise ValueError(f"{owner}: {name} must be {meaning} of positive ints, got {value!r}")
   return tuple(int(v) for v in value)
 
 
@@ -275,168 +249,3 @@ def _linear_resize(x: np.ndarray, axis: int, size: int) -> np.ndarray:
   high = np.minimum(low + 1, x.shape[axis] - 1)
   weight = (position - low).reshape([-1 if a == axis else 1 for a in range(x.ndim)])
   return np.take(x, low, axis) * (1.0 - weight) + np.take(x, high, axis) * weight
-
-
-def _idx_dataset(name: str, data_dir: str):
-  """MNIST-style IDX files -> ((train images, labels), (test images, labels))."""
-  splits = []
-  for images_file, labels_file in _IDX_FILES:
-    images_path = _idx_path(name, data_dir, images_file)
-    labels_path = _idx_path(name, data_dir, labels_file)
-    images = _read_idx(images_path, _IDX_IMAGES_MAGIC, "images (N, rows, cols)")
-    labels = _read_idx(labels_path, _IDX_LABELS_MAGIC, "labels (N,)")
-    if len(images) != len(labels):
-      raise ValueError(f"{name}: {images_path} holds {len(images)} images but {labels_path} holds "
-                       f"{len(labels)} labels; expected one label per image")
-    _check_labels(labels_path, labels)
-    splits.append((images[..., None].astype(np.float32) / 255, labels.astype(np.int32)))
-  return splits
-
-
-def _idx_path(name: str, data_dir: str, filename: str) -> str:
-  """The plain file if present, else its ``.gz``."""
-  plain = os.path.join(data_dir, filename)
-  for path in (plain, plain + ".gz"):
-    if os.path.isfile(path):
-      return path
-  raise FileNotFoundError(f"{name}: expected the IDX file {plain} (plain, or gzipped as "
-                          f"{plain}.gz: both are accepted); nothing is downloaded")
-
-
-def _read_idx(path: str, magic: int, content: str) -> np.ndarray:
-  """Parses an unsigned-byte IDX file whose header must carry ``magic``; checks its size."""
-  raw = _read_bytes(path)
-  found = struct.unpack(">I", raw[:4])[0] if len(raw) >= 4 else None
-  if found != magic:
-    shown = "a file shorter than 4 bytes" if found is None else f"0x{found:08x}"
-    raise ValueError(f"{path}: expected IDX magic 0x{magic:08x} (unsigned-byte {content}), "
-                     f"found {shown}")
-  header = 4 + 4 * (magic & 0xFF)
-  if len(raw) < header:
-    raise ValueError(f"{path}: truncated IDX header: expected {header} bytes, found {len(raw)}")
-  dims = struct.unpack(f">{magic & 0xFF}I", raw[4:header])
-  expected = header + math.prod(dims)
-  if len(raw) != expected:
-    problem = "truncated" if len(raw) < expected else "has trailing bytes"
-    raise ValueError(f"{path}: {problem}: the IDX header says dims {dims}, so {expected} bytes are "
-                     f"expected, found {len(raw)}")
-  return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
-
-
-def _read_bytes(path: str) -> bytes:
-  """The file's bytes, gunzipped when its name ends in ``.gz``."""
-  if not path.endswith(".gz"):
-    with open(path, "rb") as f:
-      return f.read()
-  try:
-    with gzip.open(path, "rb") as f:
-      return f.read()
-  except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-    raise ValueError(f"{path}: truncated or corrupt gzip stream ({e})") from e
-
-
-def _check_labels(path: str, labels: np.ndarray) -> None:
-  bad = labels[(labels < 0) | (labels >= _FIXED_CLASSES)]
-  if bad.size:
-    raise ValueError(f"{path}: labels must be in [0, {_FIXED_CLASSES}), found {bad[0]}")
-
-
-def _cifar10(data_dir: str):
-  """CIFAR-10 batches -> ((50000-ish train images, labels), (test images, labels)), NHWC."""
-  folder, suffix = _find_cifar(data_dir)
-  read = _read_cifar_binary if suffix else _read_cifar_pickle
-  paths = [os.path.join(folder, batch + suffix) for batch in _CIFAR_BATCHES]
-  batches = [read(path) for path in paths]
-  for path, (pixels, _) in zip(paths, batches):
-    if not len(pixels):
-      raise ValueError(f"{path}: holds no images; an interrupted copy or extraction?")
-  # The release's batches hold 10,000 images each. A file cut exactly at a record boundary is
-  # well-formed, so uneven batches are worth a warning that names them (subsets are legitimate).
-  counts = [len(pixels) for pixels, _ in batches[:-1]]
-  if len(set(counts)) > 1:
-    logging.warning("cifar10: the training batches hold different numbers of images (%s); the "
-                    "release has 10,000 in each: is one truncated?",
-                    ", ".join(f"{os.path.basename(p)} {n}" for p, n in zip(paths, counts)))
-  train_pixels = np.concatenate([pixels for pixels, _ in batches[:-1]])
-  train_labels = np.concatenate([labels for _, labels in batches[:-1]])
-  test_pixels, test_labels = batches[-1]
-
-  def to_nhwc(pixels):
-    return pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.float32) / 255
-
-  return (to_nhwc(train_pixels), train_labels), (to_nhwc(test_pixels), test_labels)
-
-
-def _find_cifar(data_dir: str) -> tuple[str, str]:
-  """(folder, suffix) of the first complete batch set: pickles ("") or binary (".bin")."""
-  candidates = ((data_dir, ""), (data_dir, ".bin"),
-                (os.path.join(data_dir, "cifar-10-batches-py"), ""),
-                (os.path.join(data_dir, "cifar-10-batches-bin"), ".bin"))
-  partial = []
-  for folder, suffix in candidates:
-    missing = [batch + suffix for batch in _CIFAR_BATCHES
-               if not os.path.isfile(os.path.join(folder, batch + suffix))]
-    if not missing:
-      return folder, suffix
-    if len(missing) < len(_CIFAR_BATCHES):
-      partial.append(f"{folder} lacks {', '.join(missing)}")
-  raise FileNotFoundError(
-      f"cifar10: expected {', '.join(_CIFAR_BATCHES)} (python batches) or the same names with .bin "
-      f"(binary batches) in {data_dir} or in its cifar-10-batches-py/ or cifar-10-batches-bin/; "
-      + ("; ".join(partial) or "found none") + "; nothing is downloaded")
-
-
-def _read_cifar_binary(path: str) -> tuple[np.ndarray, np.ndarray]:
-  """Records of 1 label byte + 3072 pixel bytes -> ((N, 3072) uint8 pixels, (N,) int32 labels)."""
-  raw = np.fromfile(path, np.uint8)
-  if raw.size % (1 + _CIFAR_PIXELS):
-    raise ValueError(f"{path}: {raw.size} bytes is not a multiple of the {1 + _CIFAR_PIXELS}-byte "
-                     f"record (1 label byte + {_CIFAR_PIXELS} pixel bytes); truncated?")
-  records = raw.reshape(-1, 1 + _CIFAR_PIXELS)
-  _check_labels(path, records[:, 0])
-  return records[:, 1:], records[:, 0].astype(np.int32)
-
-
-def _read_cifar_pickle(path: str) -> tuple[np.ndarray, np.ndarray]:
-  """A python batch dict (bytes or str keys) -> ((N, 3072) uint8 pixels, (N,) int32 labels)."""
-  try:
-    with open(path, "rb") as f:
-      batch = _ArraysOnlyUnpickler(f, encoding="bytes").load()
-  except Exception as e:  # Any failure to parse untrusted bytes is a malformed file.
-    raise ValueError(f"{path}: not a readable CIFAR-10 python batch: {e}") from e
-  if not isinstance(batch, dict):
-    raise ValueError(f"{path}: expected a dict with keys b'data' and b'labels', got "
-                     f"{type(batch).__name__}")
-  pixels, labels = (np.asarray(_batch_entry(path, batch, key)) for key in ("data", "labels"))
-  if pixels.dtype != np.uint8 or pixels.shape[1:] != (_CIFAR_PIXELS,):
-    raise ValueError(f"{path}: b'data' must be a uint8 array (N, {_CIFAR_PIXELS}), got "
-                     f"{pixels.dtype} {pixels.shape}")
-  if labels.shape != pixels.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f"{path}: b'labels' must be {len(pixels)} integers, got {labels.dtype} "
-                     f"{labels.shape}")
-  _check_labels(path, labels)
-  return pixels, labels.astype(np.int32)
-
-
-def _batch_entry(path: str, batch: dict, key: str) -> Any:
-  for k in (key.encode(), key):
-    if k in batch:
-      return batch[k]
-  raise ValueError(f"{path}: expected key b'{key}' (or '{key}'), found keys "
-                   f"{sorted(map(repr, batch))}")
-
-
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-  """Builds dicts, lists, strings, numbers and numpy arrays; refuses every other global.
-
-  Calls reach only the globals ``find_class`` returns, so refusing all but ``_PICKLE_GLOBALS`` means
-  a malicious file cannot run code (``os.system``, ``exec``, ...) while it is read.
-  """
-
-  def find_class(self, module: str, name: str) -> Any:
-    try:
-      return _PICKLE_GLOBALS[module, name]
-    except KeyError:
-      raise pickle.UnpicklingError(
-          f"refusing to unpickle {module}.{name}: only numpy arrays, dicts, lists, strings, bytes "
-          "and numbers are allowed") from None

@@ -1,14 +1,11 @@
-"""What a run writes to its workdir, and the savings table.
+"""What a run reports: metric sinks (JSONL, TensorBoard), and the savings table and plot of its rows.
 
-- ``config.json``: the config of the run (a rerun must match it to resume).
-- ``metrics.jsonl``: one JSON object per line: ``{"variant", "step", "split", <metric>: value, ...}``.
-- ``tensorboard/<variant>/``: TensorBoard events through tensorboardX, one run per variant so their
-  curves overlay.
-- ``savings.json``, ``savings.md``, ``savings.png``: per variant, params and MACs (paper convention) and
-  their ratios to the baseline, measured train-step and inference times on this device and their
-  speedups, and final test accuracy with its difference from the baseline.
-
-Only process 0 writes (``is_writer``); other processes run the same code and write nothing.
+A metric row is ``{"variant", "step", "split", <metric>: value, ...}``; :class:`MetricWriter` sends
+each to every sink once. The savings rows hold, per variant, params and MACs (paper convention) and
+their ratios to the baseline, measured train-step and inference times on this device and their
+speedups, and final test accuracy with its difference from the baseline; the workdir writes them as
+``savings.json`` (:func:`savings_json`), ``savings.md`` (:func:`savings_table`) and ``savings.png``
+(:func:`plot_savings`).
 """
 
 from __future__ import annotations
@@ -17,8 +14,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 import ml_collections
 
@@ -41,86 +38,93 @@ SAVINGS_COLUMNS = (
 )
 
 
-class Writer:
-  """Writes config.json, metrics.jsonl, TensorBoard events and the savings report of one workdir."""
+class Sink(Protocol):
+  """Where metric rows go."""
 
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict, *, is_writer: bool = True):
-    self.workdir = workdir
-    self.config = config
-    self.is_writer = is_writer
-    self.metrics_path = os.path.join(workdir, "metrics.jsonl")
-    self._tensorboard: dict[str, Any] = {}
-    self.logged: dict[str, set[tuple[str, int]]] = {}  # (split, step) rows in metrics.jsonl
+  def start(self, variant: str, step: int) -> None:
+    """``variant`` (re)starts at ``step``: what was written of it after ``step`` is void."""
 
-  def check_resumable(self, fingerprint: dict[str, Any]) -> None:
-    """Refuses a workdir that holds a run of another config; else records this config there."""
-    path = os.path.join(self.workdir, "config.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        previous = json.load(f).get("fingerprint", {})
-      differ = sorted(k for k in set(previous) | set(fingerprint)
-                      if previous.get(k) != fingerprint.get(k))
-      if differ:
-        raise ValueError(f"workdir {self.workdir!r} holds a run with a different config (differs in: "
-                         f"{', '.join(differ)}); resume with the same config or use a new --workdir")
-    if self.is_writer:
-      os.makedirs(self.workdir, exist_ok=True)
-      _write_atomic(path, json.dumps({"config": json.loads(self.config.to_json_best_effort()),
-                                      "fingerprint": fingerprint}, indent=2, sort_keys=True))
+  def write(self, variant: str, step: int, split: str, metrics: Mapping[str, float]) -> None:
+    """Records one row."""
 
-  def start_variant(self, variant: str, step: int) -> None:
-    """Drops this variant's metrics logged after ``step`` (a resume re-logs them) and opens its
-    TensorBoard run, purging events after ``step`` (those up to it are kept, as in metrics.jsonl)."""
-    self.logged[variant] = set()
-    if not self.is_writer:
-      return
-    if os.path.exists(self.metrics_path):
-      with open(self.metrics_path) as f:
-        lines = f.readlines()
-      kept = [line for line in lines if _keep(line, variant, step)]
-      if len(kept) != len(lines):
-        _write_atomic(self.metrics_path, "".join(kept))
-      for line in kept:
-        row = json.loads(line)
-        if row["variant"] == variant:
-          self.logged[variant].add((row["split"], row["step"]))
+  def close(self) -> None:
+    """Flushes and closes."""
+
+
+class JsonlSink:
+  """Appends each row to a JSONL file as one strict-JSON line (non-finite numbers as null)."""
+
+  def __init__(self, path: str):
+    self.path = path
+
+  def start(self, variant: str, step: int) -> None:
+    """Nothing to do: the workdir has dropped the rows after ``step`` already."""
+
+  def write(self, variant: str, step: int, split: str, metrics: Mapping[str, float]) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps(_finite({"variant": variant, "step": step, "split": split, **metrics}))
+              + "\n")
+
+  def close(self) -> None:
+    """Nothing to do: each row is written when it comes."""
+
+
+class TensorBoardSink:
+  """TensorBoard events through tensorboardX, one run per variant in ``logdir/<variant>``, scalars
+  tagged ``<split>/<metric>``."""
+
+  def __init__(self, logdir: str):
+    self.logdir = logdir
+    self.runs: dict[str, Any] = {}
+
+  def start(self, variant: str, step: int) -> None:
+    """Opens ``variant``'s run, purging its events after ``step`` (as TensorBoard then shows it)."""
     from tensorboardX import SummaryWriter  # imported late: it is slow to import
-    self._tensorboard[variant] = SummaryWriter(
-        os.path.join(self.workdir, "tensorboard", variant), purge_step=step + 1,
+    self.runs[variant] = SummaryWriter(
+        os.path.join(self.logdir, variant), purge_step=step + 1,
         # tensorboardX names files by the second and opens them with "wb": a resume within the
         # same second would overwrite the last run's events without a suffix of its own.
         filename_suffix=f".{os.getpid()}.{time.time_ns()}")
 
   def write(self, variant: str, step: int, split: str, metrics: Mapping[str, float]) -> None:
-    """Appends one row (once: a row a resumed run already has is not written again)."""
-    if not self.is_writer or (split, step) in self.logged.get(variant, ()):
-      return
-    self.logged.setdefault(variant, set()).add((split, step))
-    with open(self.metrics_path, "a") as f:
-      f.write(json.dumps(_finite({"variant": variant, "step": step, "split": split, **metrics}))
-              + "\n")
-    tb = self._tensorboard.get(variant)
-    if tb is not None:
-      for key, value in metrics.items():
-        tb.add_scalar(f"{split}/{key}", value, step)
-      tb.flush()
-
-  def write_savings(self, rows: Sequence[Mapping[str, Any]]) -> str:
-    """Writes savings.json, savings.md and savings.png; returns (and prints) the text table."""
-    table = savings_table(rows, self.config)
-    if self.is_writer:
-      _write_atomic(os.path.join(self.workdir, "savings.json"),
-                    json.dumps(_finite({"baseline": self.config.baseline, "rows": list(rows)}),
-                               indent=2))
-      _write_atomic(os.path.join(self.workdir, "savings.md"), table + "\n")
-      plot_savings(rows, os.path.join(self.workdir, "savings.png"), self.config.baseline)
-      print(table, flush=True)
-    return table
+    run = self.runs[variant]
+    for key, value in metrics.items():
+      run.add_scalar(f"{split}/{key}", value, step)
+    run.flush()
 
   def close(self) -> None:
-    for tb in self._tensorboard.values():
-      tb.close()
-    self._tensorboard.clear()
+    for run in self.runs.values():
+      run.close()
+    self.runs.clear()
+
+
+class MetricWriter:
+  """Writes each metric row to every sink, once: a row the workdir holds already is not written again.
+
+  Args:
+    sinks: where rows go; none on the processes that do not write.
+  """
+
+  def __init__(self, sinks: Sequence[Sink]):
+    self.sinks = list(sinks)
+    self.written: set[tuple[str, str, int]] = set()
+
+  def start(self, variant: str, step: int, written: Iterable[tuple[str, int]] = ()) -> None:
+    """``variant`` (re)starts at ``step``; ``written`` lists its ``(split, step)`` rows kept."""
+    for sink in self.sinks:
+      sink.start(variant, step)
+    self.written |= {(variant, split, s) for split, s in written}
+
+  def write(self, variant: str, step: int, split: str, metrics: Mapping[str, float]) -> None:
+    if (variant, split, step) in self.written:
+      return
+    self.written.add((variant, split, step))
+    for sink in self.sinks:
+      sink.write(variant, step, split, metrics)
+
+  def close(self) -> None:
+    for sink in self.sinks:
+      sink.close()
 
 
 def savings_rows(config: ml_collections.ConfigDict, profiles: Mapping[str, pwconv.Profile],
@@ -166,6 +170,11 @@ def savings_table(rows: Sequence[Mapping[str, Any]], config: ml_collections.Conf
   return "\n".join(notes + [header, rule] + body + ([""] + messages if messages else []))
 
 
+def savings_json(rows: Sequence[Mapping[str, Any]], baseline: str) -> str:
+  """The rows and the baseline as strict JSON (non-finite numbers as null)."""
+  return json.dumps(_finite({"baseline": baseline, "rows": list(rows)}), indent=2)
+
+
 def plot_savings(rows: Sequence[Mapping[str, Any]], path: str, baseline: str) -> None:
   """Accuracy against MACs and against measured train-step time, one labelled point per variant."""
   import matplotlib
@@ -190,18 +199,8 @@ def plot_savings(rows: Sequence[Mapping[str, Any]], path: str, baseline: str) ->
   plt.close(fig)
 
 
-def _keep(line: str, variant: str, step: int) -> bool:
-  """Whether a metrics.jsonl line survives a resume of ``variant`` at ``step``. A line cut short by a
-  crash mid-write is not valid JSON and is dropped."""
-  try:
-    row = json.loads(line)
-  except json.JSONDecodeError:
-    return False
-  return not (row["variant"] == variant and row["step"] > step)
-
-
 def _finite(value: Any) -> Any:
-  """NaN and infinities become None, so the JSON written is strict JSON."""
+  """``value`` with NaN and infinities (in dicts, lists and tuples too) as None: strict JSON."""
   if isinstance(value, float) and not math.isfinite(value):
     return None
   if isinstance(value, dict):
@@ -209,11 +208,3 @@ def _finite(value: Any) -> Any:
   if isinstance(value, (list, tuple)):
     return [_finite(v) for v in value]
   return value
-
-
-def _write_atomic(path: str, text: str) -> None:
-  """Writes to a temporary file and renames it, so a crash never leaves a half-written file."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)

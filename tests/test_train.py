@@ -4,13 +4,13 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
 import pwconv
 from experiments import train
+from experiments import variants
 from experiments.configs import smoke
 
 
@@ -82,7 +82,7 @@ def test_smoke_end_to_end(tmp_path):
   assert list(rows) == list(config.variants)
   dataset_shape = tuple(config.synthetic.shape)
   for name, row in rows.items():
-    model = train.build_model(config, name, config.synthetic.num_classes)
+    model = variants.build_model(config, name, config.synthetic.num_classes)
     p = pwconv.profile(model, jax.ShapeDtypeStruct((1, *dataset_shape), np.float32))
     assert (row["params"], row["macs"]) == (p.params, p.macs), name
     assert row["macs_ratio"] == pytest.approx(rows["dense"]["macs"] / p.macs)
@@ -155,17 +155,6 @@ def test_resume_matches_uninterrupted_run(reference, tmp_path):
     assert all(shown[key] == pytest.approx(logged[key], rel=1e-6) for key in logged)
 
 
-def test_augment_crops_and_flips():
-  images = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4, 1)
-  same = train.augment(images, np.array([4, 4]), np.array([4, 4]), np.array([False, False]))
-  np.testing.assert_array_equal(same, images)  # offset 4 of a 4-pixel padding is the image itself
-  moved = train.augment(images, np.array([3, 5]), np.array([4, 6]), np.array([False, True]))
-  np.testing.assert_array_equal(moved[0, 1:, :, 0], images[0, :3, :, 0])   # down one row
-  np.testing.assert_array_equal(moved[0, 0, :, 0], 0)                       # the padding
-  np.testing.assert_array_equal(moved[1, :3, 2:, 0], images[1, 1:, 2:, 0][:, ::-1])  # shifted, flipped
-  np.testing.assert_array_equal(moved[1, :, :2, 0], 0)
-
-
 def test_resume_refuses_a_different_config(reference, tmp_path):
   ref_dir, _ = reference
   with pytest.raises(ValueError, match=r"holds a run with a different config \(differs in: "
@@ -198,45 +187,3 @@ def test_non_finite_loss_stops_the_variant_and_keeps_the_last_good_checkpoint(tm
   json.loads(open(os.path.join(workdir, "savings.json")).read(),
              parse_constant=lambda c: pytest.fail(f"non-JSON constant {c} in savings.json"))
   assert "the loss is not finite" in open(os.path.join(workdir, "savings.md")).read()
-
-
-@pytest.mark.parametrize("name", ["sgd", "adamw"])
-def test_optimizer_honours_nesterov(name):
-  params = {"w": jnp.ones((3, 3)), "b": jnp.ones(3)}
-  grads = [{"w": jnp.full((3, 3), g), "b": jnp.full(3, -g)} for g in (0.5, 2.0, -1.0)]
-
-  def updates(nesterov):
-    opt = train.make_optimizer(_config(**{"optimizer.name": name, "optimizer.nesterov": nesterov}))
-    state, out = opt.init(params), []
-    for g in grads:
-      u, state = opt.update(g, state, params)
-      out.append(u)
-    return out
-
-  plain, nesterov = updates(False), updates(True)
-  assert not np.allclose(plain[-1]["w"], nesterov[-1]["w"])
-
-
-def test_distributed_init_starts_jax_distributed_only_when_asked(monkeypatch):
-  calls = []
-  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
-  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
-  monkeypatch.setattr(jax, "process_index", lambda: 0)  # the log line after initialize
-  for var in ("SLURM_NTASKS", "SLURM_PROCID", "TPU_WORKER_HOSTNAMES"):
-    monkeypatch.delenv(var, raising=False)
-
-  def init(**distributed):
-    calls.clear()
-    config = _config()
-    config.distributed.update(distributed)
-    train.distributed_init(config)
-    return list(calls)
-
-  assert init() == []  # auto, no cluster, no address: one process
-  address = {"coordinator_address": "host0:1234", "num_processes": 2, "process_id": 1}
-  assert init(**address) == [address]  # auto with an address: the address is used
-  assert init(initialize="always") == [{}]  # jax finds the cluster itself
-  monkeypatch.setenv("SLURM_NTASKS", "2")
-  monkeypatch.setenv("SLURM_PROCID", "1")
-  assert init() == [{}]
-  assert init(initialize="never") == []

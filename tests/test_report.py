@@ -1,0 +1,54 @@
+"""The report: metric rows to every sink once, strict JSON lines, the savings table of rows."""
+
+import json
+
+from experiments import report
+from experiments.configs import smoke
+
+
+class _ListSink:
+
+  def __init__(self):
+    self.events = []
+
+  def start(self, variant, step):
+    self.events.append(("start", variant, step))
+
+  def write(self, variant, step, split, metrics):
+    self.events.append((variant, step, split, dict(metrics)))
+
+  def close(self):
+    self.events.append("close")
+
+
+def test_metric_writer_writes_each_row_once_to_every_sink():
+  sinks = [_ListSink(), _ListSink()]
+  writer = report.MetricWriter(sinks)
+  writer.start("a", 4, written={("test", 4)})
+  writer.write("a", 4, "test", {"loss": 1.0})  # the resumed workdir holds it already
+  writer.write("a", 6, "train", {"loss": 2.0})
+  writer.write("a", 6, "train", {"loss": 3.0})
+  writer.close()
+  for sink in sinks:
+    assert sink.events == [("start", "a", 4), ("a", 6, "train", {"loss": 2.0}), "close"]
+
+
+def test_jsonl_sink_writes_strict_json(tmp_path):
+  sink = report.JsonlSink(str(tmp_path / "metrics.jsonl"))
+  sink.write("a", 2, "train", {"loss": float("nan"), "accuracy": 0.5})
+  sink.write("a", 4, "train", {"loss": float("inf"), "accuracy": 0.75})
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(line) for line in lines] == [
+      {"variant": "a", "step": 2, "split": "train", "loss": None, "accuracy": 0.5},
+      {"variant": "a", "step": 4, "split": "train", "loss": None, "accuracy": 0.75}]
+
+
+def test_savings_table_has_a_row_per_variant_and_the_messages():
+  config = smoke.get_config()
+  row = {"variant": "dense", "params": 1234, "macs": 5_000_000, "params_ratio": 1.0,
+         "macs_ratio": 1.0, "train_step_ms": 2.0, "train_speedup": 1.0, "inference_ms": 1.0,
+         "inference_speedup": 1.0, "test_accuracy": 0.5, "accuracy_delta_pp": 0.0,
+         "status": "diverged", "message": "[dense] the loss is not finite at step 3"}
+  table = report.savings_table([row], config)
+  assert "| dense | 1,234 | 5.0M | 1.00 |" in table
+  assert table.endswith("- [dense] the loss is not finite at step 3")
