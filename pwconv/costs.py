@@ -30,17 +30,20 @@ Memory, per example and in the dtypes the model computes in:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
+from flax import nnx
+from flax.nnx import bridge
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend import core as jax_core
 
+from pwconv import jaxpr_costs
 from pwconv import kernels
 from pwconv import roofline
 
@@ -192,8 +195,10 @@ def profile(module_or_fn: nn.Module | Callable[..., Any], *example_args: Any,
   with kernels.reference_only(), jax.disable_jit():
     if isinstance(module_or_fn, nn.Module):
       return _profile_module(module_or_fn, args, example_kwargs, batch, shape)
+    if isinstance(module_or_fn, nnx.Module):
+      return _profile_nnx(module_or_fn, args, example_kwargs, batch, shape)
     if not callable(module_or_fn):
-      raise TypeError("profile: module_or_fn must be a flax.linen Module or a callable, got "
+      raise TypeError("profile: module_or_fn must be a flax.linen or flax.nnx Module or a callable, got "
                       f"{type(module_or_fn).__name__}")
     return _profile_fn(module_or_fn, args, example_kwargs, batch, shape)
 
@@ -296,41 +301,131 @@ def _profile_module(module: nn.Module, args: list[Any], kwargs: dict[str, Any], 
   root = type(module).__name__
   new_layer = lambda path, in_shape=(), out_shape=(): layers.setdefault(
       path, _Layer(root, in_shape, out_shape, order=len(layers)))
-  for c in _count(jaxpr):
-    path = _layer_path(c.stack)
+  for c in jaxpr_costs.count(jaxpr):
+    path = jaxpr_costs.layer_path(c.stack)
     kind = f"depthwise:{impls.get(path, 'xla')}" if c.kind == "depthwise" else c.kind
     new_layer(path, c.in_shape, c.out_shape).add_macs(c.macs, c.exact, c.detail, kind)
   weight_vars = set(jaxpr.invars[:len(jax.tree.leaves(variables))])
-  for path, (moved, weight) in _traffic(jaxpr, weight_vars).items():
+  for path, (moved, weight) in jaxpr_costs.traffic(jaxpr, weight_vars).items():
     layer = new_layer(path)
     layer.bytes += moved / batch + weight
     layer.weight_bytes += weight
   train_apply = lambda v, *a: module.apply(v, *a, mutable=True, rngs=rngs, **_train(kwargs))
-  for path, kept in _residuals(train_apply, variables, args, batch).items():
+  for path, kept in jaxpr_costs.residuals(train_apply, variables, args, batch).items():
     new_layer(path).activation_bytes += kept
   rows = [_row(path, f"{l.op} {l.detail}".strip(), l, batch)
           for path, l in sorted(layers.items(), key=lambda kv: kv[1].order)
           if l.params or l.macs or l.bytes or l.activation_bytes]
   params = sum(int(np.prod(leaf.shape)) for _, leaf in flat)
-  return _finish(root, shape, params, rows, _dtype(jaxpr))
+  return _finish(root, shape, params, rows, jaxpr_costs.compute_dtype(jaxpr))
 
 
 def _profile_fn(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], batch: int,
                 shape: tuple[int, ...]) -> Profile:
   jaxpr = jax.make_jaxpr(lambda *a: fn(*a, **kwargs))(*args).jaxpr
-  weights = _weight_inputs(jaxpr)
+  weights = jaxpr_costs.weight_inputs(jaxpr)
   rows = []
-  for i, c in enumerate(_count(jaxpr)):
+  for i, c in enumerate(jaxpr_costs.count(jaxpr)):
     layer = _Layer(c.detail, c.in_shape, c.out_shape, order=i)
     layer.add_macs(c.macs, c.exact, "", "depthwise:xla" if c.kind == "depthwise" else c.kind)
     # A function has no layers: each conv/dot moves its operands and its result, every time it runs;
     # its right-hand operand (the kernel) is its weights.
-    weight = _nbytes(c.eqn.invars[1])
-    moved = sum(_nbytes(v) for v in (*c.eqn.invars, *c.eqn.outvars)) - weight
+    weight = jaxpr_costs.nbytes(c.eqn.invars[1])
+    moved = sum(jaxpr_costs.nbytes(v) for v in (*c.eqn.invars, *c.eqn.outvars)) - weight
     layer.bytes, layer.weight_bytes = c.times * (moved / batch + weight), c.times * weight
     rows.append(_row(c.stack or f"op{i}", c.detail, layer, batch))
   params = sum(int(np.prod(v.aval.shape)) for v in weights)
-  return _finish(getattr(fn, "__name__", type(fn).__name__), shape, params, rows, _dtype(jaxpr))
+  return _finish(getattr(fn, "__name__", type(fn).__name__), shape, params, rows,
+                 jaxpr_costs.compute_dtype(jaxpr))
+
+
+def _profile_nnx(model: nnx.Module, args: list[Any], kwargs: dict[str, Any], batch: int,
+                 shape: tuple[int, ...]) -> Profile:
+  """An NNX module, split into its graph and state and traced as a pure function; each submodule's
+  call runs in a ``jax.named_scope`` of its attribute name, so rows are named by attribute path.
+  Linen modules inside (``nnx.bridge.ToNNX``) keep their own paths below their attribute. Counts are
+  of the module in the mode it is in; its activation bytes are taken in eval mode (NNX state cannot
+  change under ``jax.vjp``), so they leave out what batch statistics would add."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  variables = {"params": params, "rest": rest}
+  root = type(model).__name__
+  classes = {type(m) for _, m in nnx.iter_modules(model)}
+  linen_roots = {("/".join(map(str, path)), type(m.module).__name__)
+                 for path, m in nnx.iter_modules(model) if isinstance(m, bridge.ToNNX)}
+  layers: dict[str, _Layer] = {"": _Layer(root, (), (), order=0)}
+
+  def record(path: str, m: nnx.Module, x: Any, y: Any) -> None:
+    if path not in layers:
+      layers[path] = _Layer(type(m).__name__, _per_example(x), _per_example(y), order=len(layers))
+
+  def apply(frozen: bool, calls: Callable[..., None] | None = None):
+    def run(variables, *a):
+      m = nnx.merge(graphdef, variables["params"], variables["rest"])
+      if frozen:  # batch statistics stay fixed: no state changes under jax.vjp
+        m.eval()
+      with _named_calls(m, classes, calls), jax.named_scope(root):
+        y = m(*a, **kwargs)
+      return y, nnx.state(m)
+    return run
+
+  def path_of(stack: str) -> str:
+    parts = jaxpr_costs.layer_path(stack).split("/")
+    return "/".join(p for i, p in enumerate(parts) if ("/".join(parts[:i]), p) not in linen_roots)
+
+  jaxpr = jax.make_jaxpr(apply(False, record))(variables, *args).jaxpr
+  new_layer = lambda path, in_shape=(), out_shape=(): layers.setdefault(
+      path, _Layer("", in_shape, out_shape, order=len(layers)))
+  for key_path, leaf in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(params))[0]:
+    new_layer("/".join(str(getattr(k, "key", k)) for k in key_path[:-1])).params += int(
+        np.prod(leaf.shape))
+  for c in jaxpr_costs.count(jaxpr):
+    kind = "depthwise:xla" if c.kind == "depthwise" else c.kind
+    new_layer(path_of(c.stack), c.in_shape, c.out_shape).add_macs(c.macs, c.exact, c.detail, kind)
+  weight_vars = set(jaxpr.invars[:len(jax.tree.leaves(variables))])
+  for stack_path, (moved, weight) in jaxpr_costs.traffic(jaxpr, weight_vars).items():
+    layer = new_layer(path_of("root/" + stack_path))
+    layer.bytes += moved / batch + weight
+    layer.weight_bytes += weight
+  kept_bytes = jaxpr_costs.residuals(apply(True), variables, args, batch, wrt=None)
+  for stack_path, kept in kept_bytes.items():
+    new_layer(path_of("root/" + stack_path)).activation_bytes += kept
+  rows = [_row(path, f"{l.op} {l.detail}".strip(), l, batch)
+          for path, l in sorted(layers.items(), key=lambda kv: kv[1].order)
+          if l.params or l.macs or l.bytes or l.activation_bytes]
+  params_count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
+  return _finish(root, shape, params_count, rows, jaxpr_costs.compute_dtype(jaxpr))
+
+
+@contextlib.contextmanager
+def _named_calls(model: nnx.Module, classes: set[type], record: Callable[..., None] | None
+                 ) -> Iterator[None]:
+  """Within this context, each submodule of ``model`` (a merged instance) calls in a
+  ``jax.named_scope`` of its attribute name; ``record(path, module, x, y)`` sees each call."""
+  paths = {id(m): "/".join(map(str, path)) for path, m in nnx.iter_modules(model) if path}
+  originals = {cls: (cls.__call__, cls.__dict__.get("__call__")) for cls in classes}
+
+  def scoped(original):
+    def call(self, *a, **k):
+      path = paths.get(id(self))
+      if path is None:
+        return original(self, *a, **k)
+      with jax.named_scope(path.split("/")[-1]):
+        y = original(self, *a, **k)
+      if record is not None and a:
+        record(path, self, a[0], y)
+      return y
+    return call
+
+  for cls, (resolved, _) in originals.items():
+    cls.__call__ = scoped(resolved)
+  try:
+    yield
+  finally:
+    for cls, (_, own) in originals.items():
+      if own is None:
+        del cls.__call__
+      else:
+        cls.__call__ = own
 
 
 def _row(path: str, op: str, layer: _Layer, batch: int) -> LayerCost:
@@ -353,94 +448,6 @@ def _train(kwargs: dict[str, Any]) -> dict[str, Any]:
   return {**kwargs, "train": True} if "train" in kwargs else kwargs
 
 
-def _layer_path(stack: str) -> str:
-  """The module path of a name stack: "Root/child/Class.method/grandchild" -> "child/grandchild".
-
-  The first entry is the root module (or a transformation of it, e.g. "jvp(Root)"); "Class.method"
-  entries are methods other than ``__call__``.
-  """
-  return "/".join(p for p in stack.split("/")[1:] if "." not in p)
-
-
-def _nbytes(v: Any) -> int:
-  """Bytes of a jaxpr variable's array (0 for literals, tokens and PRNG keys)."""
-  aval = getattr(v, "aval", None)
-  if (aval is None or not hasattr(aval, "dtype") or isinstance(v, jax_core.Literal)
-      or jax.dtypes.issubdtype(aval.dtype, jax.dtypes.extended)):
-    return 0
-  return int(np.prod(aval.shape)) * jnp.dtype(aval.dtype).itemsize
-
-
-def _traffic(jaxpr: jax_core.Jaxpr, weights: set[Any]) -> dict[str, tuple[int, int]]:
-  """Per layer path: (activation bytes read and written across the layer's boundary, weight bytes
-  read), for the whole batch. Equations with inner jaxprs count as one: their operands and results."""
-  producer: dict[Any, str] = {}
-  readers: dict[Any, set[str]] = {}
-  reads: dict[str, set[Any]] = {}
-  made: dict[str, list[Any]] = {}
-  for eqn in jaxpr.eqns:
-    path = _layer_path(str(eqn.source_info.name_stack))
-    for v in eqn.invars:
-      if isinstance(v, jax_core.Var):
-        readers.setdefault(v, set()).add(path)
-        reads.setdefault(path, set()).add(v)
-    for v in eqn.outvars:
-      producer[v] = path
-      made.setdefault(path, []).append(v)
-  outputs = {v for v in jaxpr.outvars if isinstance(v, jax_core.Var)}
-  traffic = {}
-  for path in {*reads, *made}:
-    outside = [v for v in reads.get(path, ()) if producer.get(v) != path]
-    weight = sum(_nbytes(v) for v in outside if v in weights)
-    moved = sum(_nbytes(v) for v in outside if v not in weights)
-    moved += sum(_nbytes(v) for v in made.get(path, ())
-                 if v in outputs or readers.get(v, set()) - {path})
-    traffic[path] = (moved, weight)
-  return traffic
-
-
-def _residuals(apply: Callable[..., Any], variables: Any, args: list[Any], batch: int
-               ) -> dict[str, float]:
-  """Per layer path, the bytes per example that ``jax.vjp`` saves for the backward pass of
-  ``apply(variables, *args) -> (y, state)``, differentiated in the "params" collection and the
-  floating inputs: its residuals whose leading dimension is the batch, parameters excluded."""
-  floating = [i for i, a in enumerate(args)
-              if jnp.issubdtype(getattr(a, "dtype", jnp.int32), jnp.floating)]
-
-  def saved(variables, *args):
-    def f(params, *diff):
-      full = list(args)
-      for i, d in zip(floating, diff):
-        full[i] = d
-      return apply({**variables, "params": params}, *full)[0]
-    return jax.vjp(f, variables.get("params", {}), *[args[i] for i in floating])[1]
-
-  jaxpr = jax.make_jaxpr(saved)(variables, *args).jaxpr
-  producer = {v: _layer_path(str(eqn.source_info.name_stack))
-              for eqn in jaxpr.eqns for v in eqn.outvars}
-  variable_vars = set(jaxpr.invars[:len(jax.tree.leaves(variables))])
-  kept: dict[str, float] = {}
-  for v in {v for v in jaxpr.outvars if isinstance(v, jax_core.Var)}:
-    shape = v.aval.shape
-    if v in variable_vars or not shape or shape[0] != batch:
-      continue
-    path = producer.get(v, "")
-    kept[path] = kept.get(path, 0.0) + _nbytes(v) / batch
-  return kept
-
-
-def _dtype(jaxpr: jax_core.Jaxpr) -> str:
-  """The dtype of the first convolution or matmul (float32 when there is none)."""
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name in _COUNTED:
-      return jnp.dtype(eqn.outvars[0].aval.dtype).name
-    for sub in jax_core.jaxprs_in_params(eqn.params):
-      found = _dtype(sub)
-      if found != "float32" or any(e.primitive.name in _COUNTED for e in sub.eqns):
-        return found
-  return "float32"
-
-
 def _per_example(x: Any) -> tuple[int, ...]:
   shape = tuple(getattr(x, "shape", ()))
   return shape[1:]
@@ -451,143 +458,6 @@ def _divide(count: int, batch: int, path: str) -> int:
     raise ValueError(f"profile: the MACs of layer {path!r} ({count:,}) are not a multiple of the batch "
                      f"size {batch}; profile with a batch of 1")
   return count // batch
-
-
-# ---------------------------------------------------------------------------------------------------
-# Counting equations.
-
-_COUNTED = ("conv_general_dilated", "dot_general")
-# Equations whose inner jaxprs are not run once per outer call (or not at all at this level).
-_OPAQUE = ("pallas_call",)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Counted:
-  """One conv/dot equation: its name stack, MACs (times the loop trips it runs), a detail for the
-  row's op ("3x3 /2 depthwise"), its kind ("conv", "conv1x1", "grouped", "depthwise", "dot"), its
-  per-example in/out shapes, the equation and how many times it runs."""
-  stack: str
-  macs: int
-  exact: int
-  detail: str
-  kind: str
-  in_shape: tuple[int, ...]
-  out_shape: tuple[int, ...]
-  eqn: jax_core.JaxprEqn
-  times: int
-
-
-def _count(jaxpr: jax_core.Jaxpr, prefix: str = "", times: int = 1) -> Iterator[_Counted]:
-  """Yields a :class:`_Counted` per conv/dot equation, inner jaxprs included."""
-  for eqn in jaxpr.eqns:
-    stack = "/".join(p for p in (prefix, str(eqn.source_info.name_stack)) if p)
-    name = eqn.primitive.name
-    if name == "conv_general_dilated":
-      macs, exact, detail, kind = _conv_macs(eqn)
-    elif name == "dot_general":
-      macs, detail = _dot_macs(eqn)
-      exact, kind = macs, "dot"
-    else:
-      if name in _OPAQUE:
-        continue
-      inner_times = times * int(eqn.params.get("length", 1)) if name == "scan" else times
-      if name == "while" and any(m for sub in jax_core.jaxprs_in_params(eqn.params)
-                                 for m in (c.macs for c in _count(sub, stack, 1))):
-        raise ValueError(f"profile: a lax.while_loop at {stack or 'the top level'} contains "
-                         "convolutions or matmuls, and its trip count is unknown when tracing "
-                         "abstractly, so its MACs cannot be counted; use lax.scan or lax.fori_loop "
-                         "with static bounds (a scan), or a Python loop")
-      branches = eqn.params.get("branches")
-      if branches is not None:  # lax.cond: count the most expensive branch
-        counts = [list(_count(b.jaxpr, stack, inner_times)) for b in branches]
-        yield from max(counts, key=lambda c: sum(x.macs for x in c))
-        continue
-      for sub in jax_core.jaxprs_in_params(eqn.params):
-        yield from _count(sub, stack, inner_times)
-      continue
-    lhs = eqn.invars[0].aval.shape
-    yield _Counted(stack, macs * times, exact * times, detail, kind, tuple(lhs[1:]),
-                   tuple(eqn.outvars[0].aval.shape[1:]), eqn, times)
-
-
-def _conv_macs(eqn: jax_core.JaxprEqn) -> tuple[int, int, str, str]:
-  p = eqn.params
-  dn = p["dimension_numbers"]
-  lhs = eqn.invars[0].aval.shape
-  rhs = eqn.invars[1].aval.shape
-  out = eqn.outvars[0].aval.shape
-  window = [rhs[d] for d in dn.rhs_spec[2:]]
-  rhs_in = rhs[dn.rhs_spec[1]]
-  batch_groups = p.get("batch_group_count", 1)
-  macs = int(np.prod(out)) * int(np.prod(window)) * rhs_in // batch_groups
-  valid = 1
-  per_tap_positions = int(np.prod(out)) // int(np.prod([out[d] for d in dn.out_spec[2:]]))
-  for i, (ld, od) in enumerate(zip(dn.lhs_spec[2:], dn.out_spec[2:])):
-    valid *= _valid_pairs(lhs[ld], out[od], window[i], p["window_strides"][i], p["padding"][i],
-                          p["lhs_dilation"][i], p["rhs_dilation"][i])
-  exact = per_tap_positions * valid * rhs_in // batch_groups
-  groups = p["feature_group_count"]
-  cin = lhs[dn.lhs_spec[1]]
-  grouping = ("depthwise" if groups == cin and groups > 1 else f"g={groups}" if groups > 1 else "")
-  strides = tuple(p["window_strides"])
-  detail = " ".join(s for s in ("x".join(map(str, window)),
-                                f"/{strides[0]}" if set(strides) != {1} else "", grouping) if s)
-  kind = ("depthwise" if grouping == "depthwise" else "grouped" if groups > 1
-          else "conv1x1" if int(np.prod(window)) == 1 else "conv")
-  return macs, exact, detail, kind
-
-
-def _valid_pairs(size: int, out: int, k: int, stride: int, pad: tuple[int, int], lhs_dilation: int,
-                 rhs_dilation: int) -> int:
-  """(output position, kernel tap) pairs along one axis whose input sample is real, as XLA counts."""
-  o = np.arange(out)[:, None]
-  t = np.arange(k)[None, :]
-  idx = o * stride + t * rhs_dilation - pad[0]
-  real = (idx >= 0) & (idx <= (size - 1) * lhs_dilation) & (idx % lhs_dilation == 0)
-  return int(real.sum())
-
-
-def _dot_macs(eqn: jax_core.JaxprEqn) -> tuple[int, str]:
-  (lhs_contract, _), (lhs_batch, _) = eqn.params["dimension_numbers"]
-  lhs = eqn.invars[0].aval.shape
-  out = eqn.outvars[0].aval.shape
-  k = int(np.prod([lhs[d] for d in lhs_contract]))
-  groups = int(np.prod([lhs[d] for d in lhs_batch])) if lhs_batch else 1
-  detail = "1x1" if len(lhs) >= 4 else "dense"
-  if groups > 1:
-    detail += f" g={groups}"
-  return int(np.prod(out)) * k, detail
-
-
-_PASS_THROUGH = ("convert_element_type", "reshape", "transpose", "squeeze", "expand_dims", "copy")
-
-
-def _weight_inputs(jaxpr: jax_core.Jaxpr) -> list[jax_core.Var]:
-  """The function inputs that reach a conv/dot as its right-hand operand through reshapes/casts,
-  also inside jit, scan, cond and custom-derivative calls."""
-  found: dict[Any, None] = {}
-  _trace_weights(jaxpr, {v: v for v in jaxpr.invars}, found)
-  return list(found)
-
-
-def _trace_weights(jaxpr: jax_core.Jaxpr, source: dict[Any, Any], found: dict[Any, None]) -> None:
-  for eqn in jaxpr.eqns:
-    name = eqn.primitive.name
-    operands = [v for v in eqn.invars if isinstance(v, jax_core.Var)]
-    if name in _PASS_THROUGH and operands and operands[0] in source:
-      source[eqn.outvars[0]] = source[operands[0]]
-    elif name in _COUNTED:
-      if isinstance(eqn.invars[1], jax_core.Var) and eqn.invars[1] in source:
-        found[source[eqn.invars[1]]] = None
-    else:
-      for sub in jax_core.jaxprs_in_params(eqn.params):
-        # Calls pass their operands to the inner jaxpr's inputs in order (cond drops its index).
-        if len(sub.invars) > len(eqn.invars):
-          continue
-        outer = eqn.invars[len(eqn.invars) - len(sub.invars):]
-        inner = {i: source[o] for i, o in zip(sub.invars, outer)
-                 if isinstance(o, jax_core.Var) and o in source}
-        _trace_weights(sub, inner, found)
 
 
 def _ratio(dense: float, block: float) -> float:

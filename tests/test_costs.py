@@ -4,6 +4,8 @@ import functools
 import json
 
 import flax.linen as nn
+from flax import nnx
+from flax.nnx import bridge
 import jax
 import jax.numpy as jnp
 import pytest
@@ -348,6 +350,47 @@ class MemoryTest(parameterized.TestCase):
     text = pwconv.profile(pwconv.PointwiseConv(32), _spec((1, 8, 8, 16))).table()
     self.assertIn("bytes", text)
     self.assertIn("14.0 KiB", text)
+
+
+class NNXTest(parameterized.TestCase):
+  """Native flax.nnx modules, and NNX modules holding pwconv blocks through nnx.bridge.ToNNX."""
+
+  def test_native_nnx_module(self):
+    class Net(nnx.Module):
+      def __init__(self, rngs):
+        self.conv = nnx.Conv(3, 16, (3, 3), rngs=rngs)
+        self.bn = nnx.BatchNorm(16, rngs=rngs)
+        self.head = nnx.Linear(16, 10, rngs=rngs)
+
+      def __call__(self, x):
+        return self.head(nnx.relu(self.bn(self.conv(x))).mean(axis=(1, 2)))
+
+    p = pwconv.profile(Net(nnx.Rngs(0)), _spec((1, 8, 8, 3)))
+    rows = {r.path: r for r in p.rows}
+    self.assertEqual(p.params, 9 * 3 * 16 + 16 + 2 * 16 + 16 * 10 + 10)
+    self.assertEqual((rows["conv"].macs, rows["conv"].params, rows["conv"].op),
+                     (64 * 9 * 3 * 16, 9 * 3 * 16 + 16, "Conv 3x3"))
+    self.assertEqual((rows["head"].macs, rows["head"].out_shape), (16 * 10, (10,)))
+    self.assertEqual(rows["bn"].params, 32)
+    self.assertEqual([r.path for r in p.rows], ["", "conv", "bn", "head"])
+
+  def test_bridged_pwconv_blocks_count_as_in_linen(self):
+    class Mixed(nnx.Module):
+      def __init__(self, rngs):
+        self.block = bridge.ToNNX(pwconv.DepthwiseSeparable(32), rngs=rngs)
+
+      def __call__(self, x):
+        return self.block(x)
+
+    model = Mixed(nnx.Rngs(0))
+    x = jnp.ones((1, 8, 8, 16))
+    bridge.lazy_init(model.block, x)
+    ours = pwconv.profile(model, _spec(x.shape))
+    linen = pwconv.profile(pwconv.DepthwiseSeparable(32), _spec(x.shape))
+    self.assertEqual((ours.params, ours.macs, ours.exact_macs),
+                     (linen.params, linen.macs, linen.exact_macs))
+    rows = {r.path: r for r in ours.rows}
+    self.assertEqual(rows["block/pointwise"].macs, 64 * 16 * 32)
 
 
 class BadInputTest(parameterized.TestCase):
