@@ -198,8 +198,8 @@ def profile(module_or_fn: nn.Module | Callable[..., Any], *example_args: Any,
     if isinstance(module_or_fn, nnx.Module):
       return _profile_nnx(module_or_fn, args, example_kwargs, batch, shape)
     if not callable(module_or_fn):
-      raise TypeError("profile: module_or_fn must be a flax.linen or flax.nnx Module or a callable, got "
-                      f"{type(module_or_fn).__name__}")
+      raise TypeError("profile: module_or_fn must be a flax.linen or flax.nnx Module or a "
+                      f"callable, got {type(module_or_fn).__name__}")
     return _profile_fn(module_or_fn, args, example_kwargs, batch, shape)
 
 

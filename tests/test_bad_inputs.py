@@ -197,7 +197,7 @@ LIBRARY_CASES = {
     "profile no input": (lambda: pwconv.profile(pwconv.PointwiseConv(4)), ValueError,
                          r"profile: needs at least one example input"),
     "profile not a module": (lambda: pwconv.profile(42, X), TypeError,
-                             r"profile: module_or_fn must be a flax.linen Module or a callable"),
+                             r"profile: module_or_fn must be a flax.linen or flax.nnx Module"),
     "profile wrong rank": (lambda: pwconv.profile(pwconv.Bottleneck(8, 4), np.zeros((6, 6, 4))),
                            ValueError, r"Bottleneck: x must have rank 4"),
     "savings shape": (lambda: pwconv.savings(pwconv.Bottleneck(8, 4), (6, 6)), ValueError,

@@ -400,7 +400,7 @@ class BadInputTest(parameterized.TestCase):
       pwconv.profile(pwconv.PointwiseConv(4))
     with self.assertRaisesRegex(ValueError, "profile: the first example input must be an array"):
       pwconv.profile(pwconv.PointwiseConv(4), 3.0)
-    with self.assertRaisesRegex(TypeError, "profile: module_or_fn must be a flax.linen Module"):
+    with self.assertRaisesRegex(TypeError, "profile: module_or_fn must be a flax.linen or flax.nnx Module"):
       pwconv.profile("conv", _spec((1, 2, 2, 2)))
 
   @parameterized.parameters(((28, 28),), ((1, 0, 28, 3),), ((1, 28, 28, 3.0),), ((2, 1, 4, 4, 4),))
