@@ -20,6 +20,10 @@ Initializer = nn.initializers.Initializer
 # fan_out = kh·kw·Cout for an HWIO kernel, Cout for a pointwise (Cin, Cout) one. Norm-free networks
 # (GoogLeNet, SqueezeNet) keep their activations' scale through depth with it.
 he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# Std sqrt(2 / fan_in): keeps a ReLU network's forward signal at its scale (He et al. 2015, eq. 10).
+# What blocks with no norm use: with fan-out, a norm-free 1x1 reduction from Cin to Cout << Cin
+# multiplies its output's variance by Cin / Cout (GoogLeNet's logits reached std ~1e2 at init).
+he_normal_fan_in = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 # For a depthwise kernel (kh, kw, 1, C·m) each output sees kh·kw inputs and each input feeds kh·kw·m
 # outputs; fan-in (kh·kw) is timm's fan-out per group for m = 1.
 depthwise_he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")

@@ -321,5 +321,113 @@ class NNXBridgeTest(parameterized.TestCase):
     chex.assert_shape(y_nnx, (2, 4, 4, 32))
 
 
+class FidelityTest(parameterized.TestCase):
+  """The paper-fidelity fixes of the faithful-models issue."""
+
+  def _fire(self, x, residual=True):
+    block = pwconv.FireModule(4, 8, 8, residual=residual, norm=None, use_bias=False)
+    params = block.init(jax.random.key(1), x)["params"]
+    squeezed = jax.nn.relu(jnp.einsum("nhwc,cf->nhwf", x, params["squeeze"]["kernel"]))
+    expand3x3 = lax.conv_general_dilated(squeezed, params["expand3x3"]["kernel"], (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                         precision=lax.Precision.HIGHEST)
+    expanded = jnp.concatenate(
+        [jax.nn.relu(jnp.einsum("nhwc,cf->nhwf", squeezed, params["expand1x1"]["kernel"])),
+         jax.nn.relu(expand3x3)], axis=-1)
+    return block.apply({"params": params}, x), params, expanded
+
+  def test_fire_simple_bypass_adds_the_input_after_the_activation(self):
+    x = _x((2, 6, 6, 16))  # 16 = expand1x1 + expand3x3: SqueezeNet's simple (identity) bypass
+    y, params, expanded = self._fire(x)
+    self.assertNotIn("shortcut", params)
+    chex.assert_trees_all_close(y, expanded + x, rtol=1e-5, atol=1e-5)
+    self.assertLess(float(jnp.min(y)), -0.5)  # no activation after the sum
+
+  def test_fire_complex_bypass_is_a_1x1_conv(self):
+    x = _x((2, 6, 6, 12))
+    y, params, expanded = self._fire(x)
+    bypass = jnp.einsum("nhwc,cf->nhwf", x, params["shortcut"]["kernel"])
+    chex.assert_trees_all_close(y, expanded + bypass, rtol=1e-5, atol=1e-5)
+
+  def test_fire_without_bypass_ends_in_the_activation(self):
+    x = _x((2, 6, 6, 16))
+    y, _, expanded = self._fire(x, residual=False)
+    chex.assert_trees_all_close(y, expanded, rtol=1e-5, atol=1e-5)
+
+  @parameterized.parameters(
+      (lambda norm: pwconv.DenseConv(8, norm=norm), "DenseConv"),
+      (lambda norm: pwconv.InvertedResidual(8, norm=norm), "InvertedResidual"),
+      (lambda norm: pwconv.models.resnet50(norm=norm), "ResNet"),
+      (lambda norm: pwconv.models.SmallNet("fire", norm=norm), "SmallNet"),
+  )
+  def test_norm_binding_use_running_average_is_refused(self, make, owner):
+    norm = functools.partial(nn.BatchNorm, use_running_average=True)
+    with self.assertRaisesRegex(TypeError, f"{owner}: norm must not bind use_running_average "
+                                           r"\(the block sets it from train\)"):
+      make(norm)
+
+  def test_inception_5x5_branch_kernel(self):
+    x = _x((1, 8, 8, CIN))
+    block = pwconv.InceptionModule(8, 4, 12, 2, 4, 8, branch5x5_kernel_size=(3, 3))
+    params = jax.eval_shape(functools.partial(block.init, jax.random.key(0)), x)["params"]
+    chex.assert_shape(params["branch5x5"]["kernel"], (3, 3, 2, 4))
+    self.assertEqual(pwconv.profile(block, x).macs, 64 * (CIN * (8 + 4 + 2 + 8) + 9 * 4 * 12
+                                                          + 9 * 2 * 4))
+
+
+class CostFormulaTest(parameterized.TestCase):
+  """Each block's docstring cost formula, every term it states, against :func:`pwconv.profile`.
+
+  Input (1, 8, 8, Cin=16); at stride 2 the output is 4x4. H·W = 64, Ho·Wo = 16 (or 64 at stride 1).
+  """
+
+  @parameterized.named_parameters(
+      ("dense", pwconv.DenseConv(32, (3, 3), 2), 16, 16 * 9 * 16 * 32),
+      # H·W·Cin·R + Ho·Wo·kh·kw·R·R + Ho·Wo·R·F + Ho·Wo·Cin·F (projection shortcut)
+      ("bottleneck", pwconv.Bottleneck(32, 8, (3, 3), 2), 16,
+       64 * 16 * 8 + 16 * 9 * 8 * 8 + 16 * 8 * 32 + 16 * 16 * 32),
+      ("bottleneck_identity", pwconv.Bottleneck(16, 8), 16,
+       64 * 16 * 8 + 64 * 9 * 8 * 8 + 64 * 8 * 16),
+      # H·W·Cin·R + Ho·Wo·kh·kw·R·F
+      ("bottleneck_reduce", pwconv.Bottleneck(32, 8, (5, 5), 2, expand=False), 16,
+       64 * 16 * 8 + 16 * 25 * 8 * 32),
+      # Ho·Wo·kh·kw·Cin·m + Ho·Wo·Cin·m·F
+      ("separable", pwconv.DepthwiseSeparable(32, (3, 3), 2, depth_multiplier=2), 16,
+       16 * 9 * 32 + 16 * 32 * 32),
+      ("separable_projection", pwconv.DepthwiseSeparable(32, residual=True), 16,
+       64 * 9 * 16 + 64 * 16 * 32 + 64 * 16 * 32),
+      # H·W·Cin·E + Ho·Wo·kh·kw·E + Ho·Wo·E·F + 2·E·R, E = 64, R = int(16 · 0.25)
+      ("inverted_residual_se", pwconv.InvertedResidual(24, 4, (3, 3), 2, se_ratio=0.25), 16,
+       64 * 16 * 64 + 16 * 9 * 64 + 16 * 64 * 24 + 2 * 64 * 4),
+      # t = 1: no expand; + Ho·Wo·Cin·F for the projection shortcut
+      ("inverted_residual_projection", pwconv.InvertedResidual(24, 1, residual=True), 16,
+       64 * 9 * 16 + 64 * 16 * 24 + 64 * 16 * 24),
+      # H·W·(Cin·(f1x1 + f3x3_reduce + f5x5_reduce + pool_proj) + 9·f3x3_reduce·f3x3 + 25·...)
+      ("inception", pwconv.InceptionModule(8, 4, 12, 2, 4, 8), 16,
+       64 * (16 * (8 + 4 + 2 + 8) + 9 * 4 * 12 + 25 * 2 * 4)),
+      # H·W·(Cin·S + S·expand1x1 + 9·S·expand3x3), + H·W·Cin·(e1 + e3) for the complex bypass
+      ("fire", pwconv.FireModule(4, 16, 16), 16, 64 * (16 * 4 + 4 * 16 + 9 * 4 * 16)),
+      ("fire_complex_bypass", pwconv.FireModule(4, 16, 16, residual=True), 16,
+       64 * (16 * 4 + 4 * 16 + 9 * 4 * 16) + 64 * 16 * 32),
+      # H·W·Cin·B/g + Ho·Wo·9·B + Ho·Wo·B·F'/g (+ H·W·Cin·F projection at stride 1), B = 8
+      ("shuffle_projection", pwconv.ShuffleUnit(32, groups=4), 16,
+       64 * 16 * 8 // 4 + 64 * 9 * 8 + 64 * 8 * 32 // 4 + 64 * 16 * 32),
+      # stride 2: F' = 48 - 16, B = 12, no shortcut MACs (average pool)
+      ("shuffle_stride2", pwconv.ShuffleUnit(48, groups=4, strides=2), 16,
+       64 * 16 * 12 // 4 + 16 * 9 * 12 + 16 * 12 * 32 // 4),
+      ("shuffle_ungrouped_first",
+       pwconv.ShuffleUnit(48, groups=4, strides=2, group_first=False), 16,
+       64 * 16 * 12 + 16 * 9 * 12 + 16 * 12 * 32 // 4),
+      # Ho·Wo·kh·kw·Cin·F + L·Ho·Wo·F²
+      ("mlpconv", pwconv.MLPConv(32, (3, 3), 2, pointwise_layers=2), 16,
+       16 * 9 * 16 * 32 + 2 * 16 * 32 * 32),
+      # 2·C·R
+      ("squeeze_excite", pwconv.SqueezeExcite(ratio=0.25), 16, 2 * 16 * 4),
+  )
+  def test_docstring_formula(self, block, cin, macs):
+    self.assertEqual(pwconv.profile(block, jax.ShapeDtypeStruct((1, 8, 8, cin), jnp.float32)).macs,
+                     macs)
+
+
 if __name__ == "__main__":
   pytest.main([__file__])

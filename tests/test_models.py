@@ -6,6 +6,8 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import functools
+import json
+import pathlib
 
 import chex
 import flax.linen as nn
@@ -303,3 +305,135 @@ def test_smallnet_errors_name_the_field(kwargs, message):
 def test_paper_model_errors(factory, kwargs, message):
   with pytest.raises(ValueError, match=message):
     factory(**kwargs)
+
+
+# The reference variants and size knobs of the faithful-models issue.
+
+def test_googlenet_torchvision_counts_as_torchvision():
+  p = _profile("googlenet_torchvision")
+  # torchvision.models.googlenet: sum of parameters() and FlopCounterMode / 2 (its docs: 6.6M,
+  # 1.50 GFLOPS, which are MACs). 3x3 convs in the "5x5" branches and BatchNorm scale/bias.
+  assert (p.params, p.macs) == (6_624_904, 1_498_376_192)
+  assert round(p.macs / 1e7) == models.PAPER_FIGURES["googlenet_torchvision"]["macs"] / 1e7 == 150
+  rows = {row.path: row for row in p.rows}
+  assert rows["inception_3a/branch5x5"].macs == 28 * 28 * 3 * 3 * 16 * 32
+  # ceil-mode pools: 112 -> 56 -> (conv2) 56 -> 28 -> 14 -> 2x2/2 -> 7.
+  assert [rows[f"inception_{name}/branch1x1"].in_shape[0] for name in ("3a", "4a", "5a")] == [
+      28, 14, 7]
+
+
+def test_reference_counts_are_the_paper_models_counts():
+  """The full-size reference counts the fixture generator measured (reference_counts.json) are those
+  of the pwconv presets (the references' kwargs change padding and activations, not counts)."""
+  counts = json.loads((pathlib.Path(__file__).parent / "fixtures" / "reference_counts.json")
+                      .read_text())["models"]
+  for key, name in (("torchvision_mobilenet_v2", "mobilenet_v2"), ("timm_mobilenetv2_100",
+                                                                   "mobilenet_v2"),
+                    ("timm_mobilenetv1_100", "mobilenet_v1"), ("torchvision_resnet50", "resnet50"),
+                    ("timm_resnet50", "resnet50"), ("torchvision_squeezenet1_0", "squeezenet1_0"),
+                    ("torchvision_googlenet", "googlenet_torchvision")):
+    p = _profile(name)
+    assert (p.params, p.macs) == (counts[key]["params"], counts[key]["macs"]), key
+
+
+@pytest.mark.parametrize("preset, epsilon", [
+    (models.mobilenet_v1, "1e-5"), (models.mobilenet_v2, "1e-5"), (models.resnet50, "1e-5"),
+    (models.squeezenet1_0, "1e-5"), (models.googlenet, "1e-5"),
+    (models.googlenet_torchvision, "1e-3"),
+])
+def test_presets_state_their_batch_norm(preset, epsilon):
+  assert "momentum 0.9" in preset.__doc__ and f"epsilon {epsilon}" in preset.__doc__
+  norm = preset().norm or pwconv.batch_norm
+  assert (norm.keywords["momentum"], norm.keywords["epsilon"]) == (0.9, float(epsilon))
+
+
+def test_depth_multiplier_as_timm():
+  """ceil(n·d) layers per stage: timm's mobilenetv1_100 and mobilenetv2_100 at depth 0.5."""
+  v1 = models.mobilenet_v1(width_multiplier=0.125, depth_multiplier=0.5).layout()
+  assert [(filters, stride) for filters, stride, _, _ in v1] == [
+      (8, 1), (16, 2), (32, 2), (64, 2), (64, 1), (64, 1), (128, 2)]
+  assert [(stage, i) for _, _, stage, i in v1][3:6] == [(3, 0), (3, 1), (3, 2)]
+  v2 = models.mobilenet_v2(depth_multiplier=0.5).layout()
+  assert [sum(1 for *_, row, _ in v2 if row == r) for r in range(7)] == [1, 1, 2, 2, 2, 2, 1]
+  assert [s for _, _, s, _, _ in v2] == [1, 2, 2, 1, 2, 1, 1, 1, 2, 1, 1]
+  # Depth 1 is the paper's table, layer for layer.
+  assert [(f, s) for f, s, _, _ in models.mobilenet_v1().layout()] == list(models.MOBILENET_V1)
+  p = pwconv.profile(models.mobilenet_v1(depth_multiplier=0.5),
+                     jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
+  assert p.params < _profile("mobilenet_v1").params
+
+
+def test_resnet_stage_widths_and_stem_width():
+  x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  model = models.ResNet(stage_sizes=(2, 1, 1, 1), widths=(8, 16, 24, 32), stem_width=16,
+                        num_classes=10)
+  rows = {row.path: row for row in pwconv.profile(model, x).rows}
+  assert rows["stem/conv"].out_shape == (32, 32, 16)
+  assert rows["stage3_block1/expand"].out_shape == (4, 4, 96)  # 4 x 24
+  assert rows["classifier"].in_shape == (128,)
+  default = pwconv.profile(models.ResNet(stage_sizes=(1, 1), num_classes=10), x)
+  explicit = pwconv.profile(models.ResNet(stage_sizes=(1, 1), widths=(64, 128), stem_width=64,
+                                          num_classes=10), x)
+  assert (default.params, default.macs) == (explicit.params, explicit.macs)
+
+
+@pytest.mark.parametrize("factory, kwargs, error, message", [
+    (models.mobilenet_v1, {"depth_multiplier": 0}, ValueError,
+     "MobileNetV1: depth_multiplier must be > 0, got 0"),
+    (models.mobilenet_v2, {"depth_multiplier": "half"}, TypeError,
+     "MobileNetV2: depth_multiplier must be a number"),
+    (models.resnet50, {"widths": (64, 128)}, ValueError,
+     r"ResNet: widths must give one width per stage \(4\), got \(64, 128\)"),
+    (models.resnet50, {"widths": (64, 128, 0, 512)}, ValueError,
+     "ResNet: widths must be >= 1, got 0"),
+    (models.resnet50, {"stem_width": 0}, ValueError, "ResNet: stem_width must be >= 1, got 0"),
+    (models.googlenet, {"pool_windows": (3, 3)}, ValueError,
+     r"GoogLeNet: pool_windows must give one window per max pool \(4: the stem's"),
+    (models.googlenet, {"ceil_mode": "yes"}, TypeError,
+     "GoogLeNet: ceil_mode must be True or False"),
+    (models.googlenet, {"branch5x5_kernel_size": (3, 0)}, ValueError,
+     "GoogLeNet: branch5x5_kernel_size must be >= 1, got 0"),
+])
+def test_reference_knob_errors(factory, kwargs, error, message):
+  with pytest.raises(error, match=message):
+    factory(**kwargs)
+
+
+@functools.cache
+def _init_logits_std(name):
+  """Std of the logits of a freshly initialised network (its own initialisers, RBG keys, which
+  compile faster than threefry)."""
+  model = getattr(models, name)()
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  logits = jax.jit(lambda key: model.apply(model.init(key, x), x))(jax.random.key(0, impl="rbg"))
+  return float(jnp.std(logits))
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_0", "googlenet"])
+def test_norm_free_networks_keep_their_signal_at_init(name):
+  # Flax's default lecun normal init gave 0.011; He fan-out gave GoogLeNet ~1e2 (its 1x1
+  # reductions from Cin to Cout << Cin multiply the variance by Cin / Cout); blocks without norms
+  # use He fan-in, which keeps the forward signal's scale.
+  assert 0.3 < _init_logits_std(name) < 3
+
+
+@pytest.mark.parametrize("block", ["dense", "bottleneck", "separable", "inverted_residual", "fire",
+                                   "inception", "shuffle", "mlpconv"])
+def test_smallnet_stage_changes_as_each_paper(block):
+  """No classic design needs a projection shortcut: stride-2 first blocks or a max pool change the
+  stage, as each design's paper does."""
+  x = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
+  rows = pwconv.profile(models.SmallNet(block), x).rows
+  assert not any("shortcut" in row.path for row in rows)
+  first = [row for row in rows if row.path.startswith("stage2_block1/")]
+  assert first[0].in_shape[:2] == ((8, 8) if models.SMALLNET_BLOCKS[block].downsample == "pool"
+                                   else (16, 16))
+  assert first[-1].out_shape[:2] == (8, 8)
+
+
+def test_smallnet_shuffle_stride2_units_concatenate():
+  x = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
+  rows = {row.path: row for row in pwconv.profile(models.SmallNet("shuffle"), x).rows}
+  # Stage 2 (64 features) from 32 channels: the grouped 1x1 makes 64 - 32, the pooled input 32.
+  assert rows["stage2_block1/expand"].out_shape == (8, 8, 32)
+  assert rows["stage2_block2/reduce"].in_shape == (8, 8, 64)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pwconv import validate
-from pwconv.layers import DepthwiseConv, PointwiseConv, he_normal
+from pwconv.layers import DepthwiseConv, PointwiseConv, he_normal, he_normal_fan_in
 
 ModuleDef = Callable[..., nn.Module]
 Activation = Callable[[jax.Array], jax.Array]
@@ -161,16 +161,21 @@ class Block(Knobs):
       return norm(x, use_running_average=not train)
     return norm(x)
 
+  def kernel_init(self) -> Any:
+    """He normal init of this block's convs: fan-out (torchvision's and timm's) when a norm follows
+    them, fan-in without norms, where only it keeps the forward signal's scale."""
+    return he_normal if self.norm is not None else he_normal_fan_in
+
   def pointwise_layer(self, features: int, **kwargs: Any) -> ModuleDef:
     """A :class:`PointwiseConv` factory (``groups``, ``strides`` ... in ``kwargs``)."""
-    return functools.partial(PointwiseConv, features, **kwargs)
+    return functools.partial(PointwiseConv, features, **{"kernel_init": self.kernel_init(), **kwargs})
 
   def conv_layer(self, features: int, kernel_size: Sequence[int], strides: Sequence[int] = (1, 1),
-           dilation: Sequence[int] = (1, 1), groups: int = 1) -> ModuleDef:
-    """A dense (or grouped) kxk ``nn.Conv`` factory: He fan-out init, this block's padding."""
+                 dilation: Sequence[int] = (1, 1), groups: int = 1) -> ModuleDef:
+    """A dense (or grouped) kxk ``nn.Conv`` factory: He init, this block's padding."""
     return functools.partial(nn.Conv, features, pair(kernel_size), strides=pair(strides),
                              padding=self.pad(kernel_size, dilation), kernel_dilation=pair(dilation),
-                             feature_group_count=groups, kernel_init=he_normal)
+                             feature_group_count=groups, kernel_init=self.kernel_init())
 
   def depthwise_layer(self, kernel_size: Sequence[int], strides: Sequence[int] = (1, 1),
                      dilation: Sequence[int] = (1, 1), depth_multiplier: int = 1) -> ModuleDef:

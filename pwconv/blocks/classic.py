@@ -89,8 +89,8 @@ class DepthwiseSeparable(Block):
       without: False).
     residual: add a shortcut (1x1 projection when shapes differ) before the last activation.
 
-  Cost: Ho·Wo·kh·kw·Cin·m + Ho·Wo·Cin·m·F, against Ho·Wo·kh·kw·Cin·F dense: a ratio of
-  1/F + 1/(kh·kw) (MobileNet, eq. 5) for m = 1.
+  Cost: Ho·Wo·kh·kw·Cin·m + Ho·Wo·Cin·m·F (+ Ho·Wo·Cin·F for a projection shortcut), against
+  Ho·Wo·kh·kw·Cin·F dense: a ratio of 1/F + 1/(kh·kw) (MobileNet, eq. 5) for m = 1.
   """
   features: int
   kernel_size: Sequence[int] = (3, 3)
@@ -177,8 +177,8 @@ class InvertedResidual(Block):
       different shapes adds a 1x1 projection.
     dilation: (dh, dw) of the depthwise conv.
 
-  The projection has no activation (the "linear bottleneck"). Cost: H·W·Cin·E + Ho·Wo·kh·kw·E +
-  Ho·Wo·E·F (+ 2·E·R with SE).
+  The projection has no activation (the "linear bottleneck"). Cost: H·W·Cin·E (t > 1)
+  + Ho·Wo·kh·kw·E + Ho·Wo·E·F (+ 2·E·R with SE, + Ho·Wo·Cin·F for a projection shortcut).
   """
   features: int
   expansion: int = 6
@@ -225,9 +225,12 @@ class InceptionModule(Block):
   Attributes:
     naive: the paper's naive module (Fig. 2a): no 1x1 reductions and no pool projection, so the output
       has f1x1 + f3x3 + f5x5 + Cin channels. ``dense_equivalent`` returns this form.
+    branch5x5_kernel_size: (kh, kw) of the "5x5" branch's conv: (5, 5) as the paper; torchvision's
+      GoogLeNet has (3, 3) there (a known bug its weights were trained with, pytorch/vision#906).
 
   Cost: H·W·(Cin·(f1x1 + f3x3_reduce + f5x5_reduce + pool_proj) + 9·f3x3_reduce·f3x3
-  + 25·f5x5_reduce·f5x5); inception (3a), 28x28x192: 128,049,152 MACs.
+  + kh·kw·f5x5_reduce·f5x5) with (kh, kw) = branch5x5_kernel_size; inception (3a), 28x28x192:
+  128,049,152 MACs.
   """
   f1x1: int
   f3x3_reduce: int
@@ -236,10 +239,12 @@ class InceptionModule(Block):
   f5x5: int
   pool_proj: int
   naive: bool = False
+  branch5x5_kernel_size: Sequence[int] = (5, 5)
 
   def __post_init__(self):
     validate.fields(self, positive=("f1x1", "f3x3_reduce", "f3x3", "f5x5_reduce", "f5x5",
-                                    "pool_proj"), booleans=("naive",))
+                                    "pool_proj"), booleans=("naive",),
+                    pairs=("branch5x5_kernel_size",))
     super().__post_init__()
 
   @nn.compact
@@ -250,12 +255,12 @@ class InceptionModule(Block):
     pooled = nn.max_pool(x, (3, 3), strides=(1, 1), padding=self.pad((3, 3)))
     if self.naive:
       b3 = unit(x, self.conv_layer(self.f3x3, (3, 3)), name="branch3x3")
-      b5 = unit(x, self.conv_layer(self.f5x5, (5, 5)), name="branch5x5")
+      b5 = unit(x, self.conv_layer(self.f5x5, self.branch5x5_kernel_size), name="branch5x5")
       return jnp.concatenate([b1, b3, b5, pooled.astype(b1.dtype)], axis=-1)
     b3 = unit(unit(x, self.pointwise_layer(self.f3x3_reduce), name="branch3x3_reduce"),
               self.conv_layer(self.f3x3, (3, 3)), name="branch3x3")
     b5 = unit(unit(x, self.pointwise_layer(self.f5x5_reduce), name="branch5x5_reduce"),
-              self.conv_layer(self.f5x5, (5, 5)), name="branch5x5")
+              self.conv_layer(self.f5x5, self.branch5x5_kernel_size), name="branch5x5")
     bp = unit(pooled, self.pointwise_layer(self.pool_proj), name="pool_proj")
     return jnp.concatenate([b1, b3, b5, bp], axis=-1)
 
@@ -317,7 +322,8 @@ class ShuffleUnit(Block):
     group_first: group the first 1x1 (the paper does not in its first stage, where Cin = 24).
 
   Cost: H·W·Cin·B/g' + Ho·Wo·9·B + Ho·Wo·B·F'/g (g' = g if group_first else 1; F' the main branch's
-  output). The depthwise conv has no activation after it, as in the paper.
+  output), + H·W·Cin·F for the 1x1 projection shortcut of a stride-1 unit with Cin != F (ShuffleNet
+  has none). The depthwise conv has no activation after it, as in the paper.
   """
   features: int
   groups: int = 3

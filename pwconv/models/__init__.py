@@ -13,7 +13,7 @@ count them; parameters are the ``params`` collection (BatchNorm statistics exclu
 """
 
 from pwconv.models import registry
-from pwconv.models.googlenet import GOOGLENET, GoogLeNet, googlenet
+from pwconv.models.googlenet import GOOGLENET, GoogLeNet, googlenet, googlenet_torchvision
 from pwconv.models.mobilenet import (MOBILENET_V1, MOBILENET_V2, MobileNetV1, MobileNetV2,
                                      mobilenet_v1, mobilenet_v2)
 from pwconv.models.network import Network, make_divisible, max_pool_ceil
@@ -30,5 +30,5 @@ __all__ = [
     "Entry", "GoogLeNet", "MobileNetV1", "MobileNetV2", "Network", "Reference", "ResNet", "SmallNet",
     "SmallNetBlock", "SqueezeNet", "create", "googlenet", "list_models", "make_divisible",
     "max_pool_ceil", "mobilenet_v1", "mobilenet_v2", "register_block", "registry", "resnet50",
-    "squeezenet1_0",
+    "squeezenet1_0", "googlenet_torchvision",
 ]

@@ -32,12 +32,15 @@ class Reference:
       :func:`pwconv.weights.assign` for how the tensors under a prefix are converted.
     kwargs: keyword arguments that make the pwconv network compute what the reference computes
       (``padding="symmetric"``, a BatchNorm epsilon, ...), passed to the network's factory.
+    ignore: state-dict name prefixes of modules the reference's eval-mode logits never use (such as
+      torchvision GoogLeNet's auxiliary classifiers, "aux1."): accepted in a state dict and dropped.
   """
   library: str
   name: str
   classifier: str
   names: NameMap
   kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  ignore: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -59,9 +59,31 @@ class SqueezeNet(Network):
 
 squeezenet1_0 = functools.partial(SqueezeNet, stem=96, fires=SQUEEZENET1_0, dropout_rate=0.5,
                                   norm=None)
+squeezenet1_0.__doc__ = ("SqueezeNet 1.0 (Table 1), torchvision's squeezenet1_0: no norm (a bias "
+                         "on every conv), He fan-out init. With norm=pwconv.batch_norm: BatchNorm "
+                         "momentum 0.9 (PyTorch's 0.1), epsilon 1e-5.")
+
+
+def _torchvision_names(module: SqueezeNet, layers: Sequence[str]) -> dict[str, str]:
+  """pwconv layer -> torchvision's ``features.i`` (conv1, ReLU, pool, fire2, ...), classifier.1."""
+  del layers
+  names = {"conv1/conv": "features.0"}
+  index, k = 1, 1  # features.1 is conv1's ReLU
+  for group in module.fires:
+    index += 1  # the max pool before the group
+    for _ in group:
+      index, k = index + 1, k + 1
+      names.update({f"fire{k}/{conv}": f"features.{index}.{conv}"
+                    for conv in ("squeeze", "expand1x1", "expand3x3")})
+  names[f"conv{k + 1}"] = "classifier.1"
+  return names
+
 
 registry.register(
     "squeezenet1_0", squeezenet1_0, family="squeezenet",
     source="Iandola et al. 2016, SqueezeNet, Table 1 (params, exact); the paper gives no MACs: "
            "0.82 G is torchvision's figure for squeezenet1_0",
-    figures={"macs": 820_000_000, "params": 1_248_424})
+    figures={"macs": 820_000_000, "params": 1_248_424},
+    references=[registry.Reference(library="torchvision", name="squeezenet1_0",
+                                   classifier="classifier.1.weight", names=_torchvision_names,
+                                   kwargs={"padding": "symmetric"})])

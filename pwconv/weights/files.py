@@ -9,6 +9,7 @@ unpickles a file itself.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,9 @@ TORCH = (".pth", ".pt", ".bin", ".ckpt")
 # Keys under which training checkpoints keep the model's state dict (timm, Lightning, torchvision
 # references); the first present one is used.
 CHECKPOINT_KEYS = ("state_dict", "model", "model_state_dict", "module")
+# How PyTorch's weights-only unpickler reports bytes that are not a pickle (a foreign file); any
+# other refusal is a pickle asking for a global or an operation beyond tensors and containers.
+NOT_A_PICKLE = ("Unsupported operand", "invalid load key")
 
 
 def load(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -76,13 +80,33 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
+    reason = _unpickler_reason(e)
+    if reason.startswith(NOT_A_PICKLE):  # bytes that are no pickle at all: another format
+      raise ValueError(f"weights.load: {path!r} is not a readable PyTorch file (corrupt, truncated "
+                       f"or another format): {reason}") from None
     raise ValueError(f"weights.load: refused {path!r}: its pickle needs more than tensors and plain "
                      f"containers, and pwconv only loads with weights_only=True (nothing in it was "
-                     f"run): {str(e).splitlines()[0]}") from None
+                     f"run): {reason}") from None
   except (RuntimeError, EOFError, OSError, ValueError) as e:
     raise ValueError(f"weights.load: {path!r} is not a readable PyTorch file (corrupt, truncated or "
-                     f"another format): {str(e).splitlines()[0]}") from None
+                     f"another format): {_first_line(e)}") from None
   return _state_dict(obj, path)
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  if text:
+    return text.splitlines()[0]
+  return "the file ends early" if isinstance(error, EOFError) else type(error).__name__
+
+
+def _unpickler_reason(error: BaseException) -> str:
+  """The weights-only unpickler's own reason ("Unsupported global: GLOBAL os.system ..."), without
+  PyTorch's advice around it."""
+  text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+  _, found, reason = text.partition("WeightsUnpickler error:")
+  lines = [line.strip() for line in (reason if found else text).splitlines() if line.strip()]
+  return lines[0].split(". Please use")[0] if lines else type(error).__name__
 
 
 def _state_dict(obj: Any, path: str) -> dict[str, np.ndarray]:

@@ -50,6 +50,19 @@ def convert(tensor: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
   return tensor
 
 
+def reference_shape(shape: tuple[int, ...], ndim: int) -> tuple[int, ...]:
+  """The shape a reference tensor of rank ``ndim`` must have to fill a pwconv leaf of ``shape``
+  (the inverse of :func:`convert`)."""
+  if ndim == 4 and len(shape) == 4:
+    kh, kw, cin, cout = shape
+    return (cout, cin, kh, kw)
+  if ndim == 4 and len(shape) == 2:
+    return (shape[1], shape[0], 1, 1)
+  if ndim == 2 and len(shape) == 2:
+    return (shape[1], shape[0])
+  return shape
+
+
 def assign(template: Mapping[str, Any], state_dict: Mapping[str, Any], names: Mapping[str, str], *,
            target: str = "the network", ignore: Iterable[str] = ()) -> dict[str, Any]:
   """Variables with ``template``'s structure, shapes and dtypes, every leaf from ``state_dict``.
@@ -91,10 +104,12 @@ def assign(template: Mapping[str, Any], state_dict: Mapping[str, Any], names: Ma
       missing.append(f"{collection}/{full} <- {source!r}")
       return None
     used.add(source)
-    value = convert(to_numpy(tensors[source]), tuple(leaf.shape))
+    tensor = to_numpy(tensors[source])
+    value = convert(tensor, tuple(leaf.shape))
     if tuple(value.shape) != tuple(leaf.shape):
-      mismatched.append(f"{source!r} {tuple(to_numpy(tensors[source]).shape)} -> {collection}/{full} "
-                        f"expects {tuple(leaf.shape)}")
+      needs = reference_shape(tuple(leaf.shape), tensor.ndim)
+      mismatched.append(f"{source!r} is {tuple(tensor.shape)}, {collection}/{full} "
+                        f"{tuple(leaf.shape)} needs {needs}")
       return None
     return jnp.asarray(np.asarray(value), dtype=leaf.dtype)
 
