@@ -94,7 +94,27 @@ def suite(quick: bool, batch: int | None) -> list[Case]:
     families = families[1:3]
   for name, block, shape in families:
     cases.append(Case(name, block, block.dense_equivalent(shape[-1]), (n, *shape), "block"))
+  cases += fused_mbconv_cases(n, quick)
+  # Structural re-parameterization: RepVGG-A0's stage-2 block in deploy form (one 3x3 conv + bias)
+  # against its train form (3x3 + BN, 1x1 + BN, identity BN); theory x = 10/9.
+  cases.append(Case("repvgg deploy vs train form 28x28x96", blocks.RepVGGBlock(96, deploy=True),
+                    blocks.RepVGGBlock(96), (n, 28, 28, 96), "block"))
   return cases
+
+
+def fused_mbconv_cases(n: int, quick: bool) -> list[Case]:
+  """Fused-MBConv (candidate) against MBConv (baseline) at EfficientNetV2-S's fused stages.
+
+  The stride-1 repeats of stages 2 and 3 of EfficientNetV2-S at 224x224 (Tan & Le 2021, Table 4):
+  56x56x48 and 28x28x64, expansion 4, 3x3, swish, no SE (the fused stages have none); ``--quick``
+  keeps the second. theory x is below 1: fusing the 1x1 expand and the depthwise 3x3 into one dense
+  3x3 multiplies the expand's MACs by about 9, which the paper (Table 3) finds pays off in speed
+  when only the early stages are fused.
+  """
+  shapes = ((28, 28, 64),) if quick else ((56, 56, 48), (28, 28, 64))
+  return [Case(f"fused-mbconv vs mbconv t=4 3x3 {h}x{w}x{c}",
+               blocks.FusedMBConv(c, 4, act=nn.swish), blocks.MBConv(c, 4, act=nn.swish),
+               (n, h, w, c), "block") for h, w, c in shapes]
 
 
 def _uses_depthwise(case: Case) -> bool:
