@@ -20,6 +20,7 @@ from pwconv.blocks import FusedMBConv, MBConv
 from pwconv.blocks import MobileOneBlock, RepVGGBlock
 from pwconv.costs import LayerCost, Profile, Savings, profile, savings
 from pwconv.layers import DepthwiseConv, DropPath, LayerScale, PointwiseConv
+from pwconv.transforms import remat, scan
 
 __version__ = "0.1.0"
 
@@ -32,5 +33,5 @@ __all__ = [
     "UniversalInvertedBottleneck",
     "ConvNeXtBlock",
     "FusedMBConv", "MBConv",
-    "MobileOneBlock", "RepVGGBlock", "reparam",
+    "MobileOneBlock", "RepVGGBlock", "reparam", "remat", "scan",
 ]

@@ -350,7 +350,7 @@ def _profile_nnx(model: nnx.Module, args: list[Any], kwargs: dict[str, Any], bat
   variables = {"params": params, "rest": rest}
   root = type(model).__name__
   classes = {type(m) for _, m in nnx.iter_modules(model)}
-  linen_roots = {("/".join(map(str, path)), type(m.module).__name__)
+  linen_roots = {("/".join(map(str, path)), type(getattr(m, "to_nnx__module", m)).__name__)
                  for path, m in nnx.iter_modules(model) if isinstance(m, bridge.ToNNX)}
   layers: dict[str, _Layer] = {"": _Layer(root, (), (), order=0)}
 
