@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from pwconv import kernels
@@ -82,9 +83,11 @@ def conv_padding(owner: str, padding: Any, in_hw: Sequence[int], kernel_hw: Sequ
       total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
       pads.append((total // 2, total - total // 2))
     return tuple(pads)
-  if isinstance(padding, int) and not isinstance(padding, bool):
-    validate.positive_int(owner, "padding", padding, minimum=0)
+  if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
+    padding = validate.positive_int(owner, "padding", padding, minimum=0)
     return ((padding, padding), (padding, padding))
+  if isinstance(padding, np.ndarray):
+    padding = padding.tolist()
   try:
     (top, bottom), (left, right) = padding
   except (TypeError, ValueError):

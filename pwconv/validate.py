@@ -26,6 +26,8 @@ def int_pair(owner: str, name: str, value: Any, *, minimum: int = 1) -> tuple[in
   """Returns an int or a 2-sequence of ints as a pair, each checked >= ``minimum``."""
   if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
     value = (value, value)
+  if isinstance(value, np.ndarray) and value.ndim == 1:
+    value = tuple(value.tolist())
   if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
     raise TypeError(f"{owner}: {name} must be an int or a pair of ints, got {value!r}")
   return (positive_int(owner, name, value[0], minimum=minimum),

@@ -192,3 +192,14 @@ class ChannelShuffleTest(parameterized.TestCase):
 
 if __name__ == "__main__":
   pytest.main([__file__])
+
+
+def test_numpy_scalars_and_arrays_as_sizes():
+  # padding=np.int64(1) and strides=np.array([1, 2]) were refused: what numpy-computed sizes look like.
+  x, kernel = jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 1, 2))
+  expected = ops.depthwise_conv(x, kernel, padding=1, strides=(1, 2), impl="xla")
+  got = ops.depthwise_conv(x, kernel, padding=np.int64(1), strides=np.array([1, 2]), impl="xla")
+  np.testing.assert_array_equal(got, expected)
+  got = ops.depthwise_conv(x, kernel, padding=np.array([[1, 1], [1, 1]]), strides=np.int32(1),
+                           impl="xla")
+  assert got.shape == (1, 6, 6, 2)
