@@ -190,9 +190,6 @@ class ChannelShuffleTest(parameterized.TestCase):
       ops.channel_shuffle(jnp.zeros((2, 6)), 2)
 
 
-if __name__ == "__main__":
-  pytest.main([__file__])
-
 
 def test_numpy_scalars_and_arrays_as_sizes():
   # padding=np.int64(1) and strides=np.array([1, 2]) were refused: what numpy-computed sizes look like.
@@ -203,3 +200,7 @@ def test_numpy_scalars_and_arrays_as_sizes():
   got = ops.depthwise_conv(x, kernel, padding=np.array([[1, 1], [1, 1]]), strides=np.int32(1),
                            impl="xla")
   assert got.shape == (1, 6, 6, 2)
+
+
+if __name__ == "__main__":
+  pytest.main([__file__])
