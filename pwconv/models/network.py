@@ -9,7 +9,7 @@ hands them to every block it builds.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -52,7 +52,10 @@ class Network(Knobs):
   """A classifier built from blocks: :class:`~pwconv.blocks.Knobs`, handed to every block it builds.
 
   Every network has a ``num_classes`` field, and some a ``dropout_rate``; both are checked here.
+  ``head_layers`` names its top-level layers that belong to the head (the classifier and any conv
+  head after the last block): a :class:`~pwconv.models.features.FeatureNet` stops before them.
   """
+  head_layers: ClassVar[tuple[str, ...]] = ("classifier", "head", "last")
 
   def __post_init__(self):
     owner = type(self).__name__

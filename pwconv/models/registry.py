@@ -93,9 +93,21 @@ def entry(name: str) -> Entry:
   return _REGISTRY[name]
 
 
-def create(name: str, **kwargs: Any) -> nn.Module:
-  """The network registered as ``name``, built with ``kwargs`` (``num_classes``, knobs, ...)."""
-  return entry(name).factory(**kwargs)
+def create(name: str, *, features_only: bool = False,
+           out_strides: Sequence[int] = (4, 8, 16, 32), **kwargs: Any) -> nn.Module:
+  """The network registered as ``name``, built with ``kwargs`` (``num_classes``, knobs, ...).
+
+  ``features_only=True`` gives its backbone instead: a
+  :class:`~pwconv.models.features.FeatureNet` returning the feature maps at ``out_strides``
+  (``feature_info(input_shape)`` lists each one's layer and channels), as timm's ``features_only``.
+  """
+  if not isinstance(features_only, bool):
+    raise TypeError(f"models.create: features_only must be True or False, got {features_only!r}")
+  model = entry(name).factory(**kwargs)
+  if not features_only:
+    return model
+  from pwconv.models.features import FeatureNet
+  return FeatureNet(model, tuple(out_strides))
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -40,6 +40,11 @@ class SqueezeNet(Network):
   fires: Sequence[Sequence[tuple[int, int, int]]] = kw_only()
   dropout_rate: float = kw_only(default=0.0)
 
+  @property
+  def head_layers(self) -> tuple[str, ...]:
+    """The final 1x1 conv, conv10 for the paper's eight Fire modules."""
+    return (f"conv{2 + sum(len(group) for group in self.fires)}",)
+
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     x = DenseConv(self.stem, (7, 7), strides=(2, 2), **self.knobs(padding="VALID"),
