@@ -1,6 +1,6 @@
 """pwconv: 1x1 ("pointwise") convolution designs in JAX/Flax, with exact cost accounting.
 
-The public API (re-exports only); see DESIGN.md for the contract.
+The public API (re-exports only); docs/design.md describes the layout and conventions.
 """
 
 from pwconv import blocks

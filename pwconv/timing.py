@@ -1,4 +1,4 @@
-"""Timing compiled JAX functions the way DESIGN.md says to: compile first, warm up, block, take medians.
+"""Timing compiled JAX functions the way docs/design.md says to: compile first, warm up, block, take medians.
 
 Absolute times move with the machine's load; compare ratios of timings taken in one process.
 """

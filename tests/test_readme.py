@@ -21,3 +21,16 @@ def test_commands_are_the_ones_ci_runs():
   assert f"```bash\n{test_command}\n```" in readme
   assert test_command in ci.splitlines()
   assert '```bash\npip install -e ".[experiments]" && python -m experiments.run\n```' in readme
+
+
+def test_documents_the_code_cites_are_in_the_repository():
+  root = pathlib.Path(__file__).parent.parent
+  cited = set()
+  for path in [*root.glob("pwconv/**/*.py"), *root.glob("experiments/**/*.py"), root / "README.md",
+               root / "BUILD.md"]:
+    text = path.read_text()
+    assert "DESIGN.md" not in text, f"{path} cites a DESIGN.md the repository does not have"
+    cited |= set(re.findall(r"docs/[\w.-]+\.md", text))
+  assert cited, "nothing cites docs/"
+  for doc in cited:
+    assert (root / doc).is_file(), doc

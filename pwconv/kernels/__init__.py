@@ -46,7 +46,7 @@ def register(name: str, fn: DepthwiseFn, *, auto_on: tuple[str, ...] = (),
     _AUTO[backend] = (name, max_taps if max_taps is not None else 2**31)
 
 
-# XLA:CPU runs grouped convolutions 20-50x slower than shifted multiply-adds (DESIGN.md). The
+# XLA:CPU runs grouped convolutions 20-50x slower than shifted multiply-adds (docs/design.md). The
 # shifted sum unrolls kh·kw taps, so its compile time grows with them. Measured 2026-12-02 on this
 # 2-core CPU, forward+backward of (8, 28, 28, 64), jitted: 3x3 3.3 ms (compile 1.7 s) vs XLA 35 ms;
 # 9x9 32 ms (compile 7 s) vs 130 ms; 11x11 42 ms (compile 15 s) vs 256 ms; 15x15 440 ms (compile
