@@ -277,9 +277,11 @@ def _profile_module(module: nn.Module, args: list[Any], kwargs: dict[str, Any], 
   variables = jax.eval_shape(lambda *a: module.init(rngs, *a, **kwargs), *args)
   layers: dict[str, _Layer] = {}
   impls: dict[str, str] = {}
+  class_names: set[str] = set()
 
   def record(next_fun, call_args, call_kwargs, context):
     out = next_fun(*call_args, **call_kwargs)
+    class_names.update(cls.__name__ for cls in type(context.module).__mro__)
     if context.method_name == "__call__":
       path = "/".join(context.module.path)
       if path not in layers:
@@ -301,17 +303,19 @@ def _profile_module(module: nn.Module, args: list[Any], kwargs: dict[str, Any], 
   root = type(module).__name__
   new_layer = lambda path, in_shape=(), out_shape=(): layers.setdefault(
       path, _Layer(root, in_shape, out_shape, order=len(layers)))
+  path_of = _module_paths(set(layers), class_names)
   for c in jaxpr_costs.count(jaxpr):
-    path = jaxpr_costs.layer_path(c.stack)
+    path = path_of(c.stack)
     kind = f"depthwise:{impls.get(path, 'xla')}" if c.kind == "depthwise" else c.kind
     new_layer(path, c.in_shape, c.out_shape).add_macs(c.macs, c.exact, c.detail, kind)
   weight_vars = set(jaxpr.invars[:len(jax.tree.leaves(variables))])
-  for path, (moved, weight) in jaxpr_costs.traffic(jaxpr, weight_vars).items():
+  for path, (moved, weight) in jaxpr_costs.traffic(jaxpr, weight_vars, path_of).items():
     layer = new_layer(path)
     layer.bytes += moved / batch + weight
     layer.weight_bytes += weight
   train_apply = lambda v, *a: module.apply(v, *a, mutable=True, rngs=rngs, **_train(kwargs))
-  for path, kept in jaxpr_costs.residuals(train_apply, variables, args, batch).items():
+  kept_bytes = jaxpr_costs.residuals(train_apply, variables, args, batch, path_of=path_of)
+  for path, kept in kept_bytes.items():
     new_layer(path).activation_bytes += kept
   rows = [_row(path, f"{l.op} {l.detail}".strip(), l, batch)
           for path, l in sorted(layers.items(), key=lambda kv: kv[1].order)
@@ -382,13 +386,14 @@ def _profile_nnx(model: nnx.Module, args: list[Any], kwargs: dict[str, Any], bat
     kind = "depthwise:xla" if c.kind == "depthwise" else c.kind
     new_layer(path_of(c.stack), c.in_shape, c.out_shape).add_macs(c.macs, c.exact, c.detail, kind)
   weight_vars = set(jaxpr.invars[:len(jax.tree.leaves(variables))])
-  for stack_path, (moved, weight) in jaxpr_costs.traffic(jaxpr, weight_vars).items():
-    layer = new_layer(path_of("root/" + stack_path))
+  for path, (moved, weight) in jaxpr_costs.traffic(jaxpr, weight_vars, path_of).items():
+    layer = new_layer(path)
     layer.bytes += moved / batch + weight
     layer.weight_bytes += weight
-  kept_bytes = jaxpr_costs.residuals(apply(True), variables, args, batch, wrt=None)
-  for stack_path, kept in kept_bytes.items():
-    new_layer(path_of("root/" + stack_path)).activation_bytes += kept
+  kept_bytes = jaxpr_costs.residuals(apply(True), variables, args, batch, wrt=None,
+                                     path_of=path_of)
+  for path, kept in kept_bytes.items():
+    new_layer(path).activation_bytes += kept
   rows = [_row(path, f"{l.op} {l.detail}".strip(), l, batch)
           for path, l in sorted(layers.items(), key=lambda kv: kv[1].order)
           if l.params or l.macs or l.bytes or l.activation_bytes]
@@ -426,6 +431,23 @@ def _named_calls(model: nnx.Module, classes: set[type], record: Callable[..., No
         del cls.__call__
       else:
         cls.__call__ = own
+
+
+def _module_paths(known: set[str], class_names: set[str]) -> Callable[[str], str]:
+  """Name stack -> module path. Lifted transforms (nn.remat, nn.scan: pwconv.remat, pwconv.scan)
+  push their modules' class names onto the stack ("Remat/InvertedResidual/InvertedResidual/expand");
+  an entry that is a class name and leads to no module path the call recorded is dropped."""
+  prefixes = {"/".join(path.split("/")[:i]) for path in known for i in range(1, path.count("/") + 2)}
+
+  def path_of(stack: str) -> str:
+    kept: list[str] = []
+    for part in jaxpr_costs.layer_path(stack).split("/"):
+      if part in class_names and "/".join([*kept, part]) not in prefixes:
+        continue
+      kept.append(part)
+    return "/".join(kept)
+
+  return path_of
 
 
 def _row(path: str, op: str, layer: _Layer, batch: int) -> LayerCost:

@@ -33,20 +33,46 @@ def nbytes(v: Any) -> int:
   return int(np.prod(aval.shape)) * jnp.dtype(aval.dtype).itemsize
 
 
-def traffic(jaxpr: jax_core.Jaxpr, weights: set[Any]) -> dict[str, tuple[int, int]]:
-  """Per layer path: (activation bytes read and written across the layer's boundary, weight bytes
-  read), for the whole batch. Equations with inner jaxprs count as one: their operands and results."""
+# Call-like equations whose body runs once per call, with the call's operands and results: their
+# equations count as the body's layers (a rematerialised block moves what the plain block moves).
+_INLINED = ("remat2", "checkpoint", "pjit", "jit", "closed_call", "core_call")
+
+
+def flat_equations(jaxpr: jax_core.Jaxpr, prefix: str = "", rename: dict[Any, Any] | None = None
+                   ) -> Iterator[tuple[str, list[Any], list[Any]]]:
+  """(name stack, operands, results) of each equation, call-like equations (:data:`_INLINED`)
+  replaced by their bodies, whose variables are renamed to the call's operands and results."""
+  rename = rename or {}
+  get = lambda v: rename.get(v, v) if isinstance(v, jax_core.Var) else v
+  for eqn in jaxpr.eqns:
+    stack = "/".join(p for p in (prefix, str(eqn.source_info.name_stack)) if p)
+    body = eqn.params.get("jaxpr")
+    if eqn.primitive.name in _INLINED and body is not None:
+      body = getattr(body, "jaxpr", body)
+      inner = {i: get(o) for i, o in zip(body.invars, eqn.invars)}
+      inner.update({i: get(o) for i, o in zip(body.outvars, eqn.outvars)
+                    if isinstance(i, jax_core.Var) and i not in inner})
+      yield from flat_equations(body, stack, inner)
+    else:
+      yield stack, [get(v) for v in eqn.invars], [get(v) for v in eqn.outvars]
+
+
+def traffic(jaxpr: jax_core.Jaxpr, weights: set[Any],
+            path_of: Callable[[str], str] = layer_path) -> dict[str, tuple[int, int]]:
+  """Per layer path (``path_of`` of each equation's name stack): (activation bytes read and written
+  across the layer's boundary, weight bytes read), for the whole batch. Loops, conditionals and
+  custom-derivative calls count as one equation: their operands and results."""
   producer: dict[Any, str] = {}
   readers: dict[Any, set[str]] = {}
   reads: dict[str, set[Any]] = {}
   made: dict[str, list[Any]] = {}
-  for eqn in jaxpr.eqns:
-    path = layer_path(str(eqn.source_info.name_stack))
-    for v in eqn.invars:
+  for stack, invars, outvars in flat_equations(jaxpr):
+    path = path_of(stack)
+    for v in invars:
       if isinstance(v, jax_core.Var):
         readers.setdefault(v, set()).add(path)
         reads.setdefault(path, set()).add(v)
-    for v in eqn.outvars:
+    for v in outvars:
       producer[v] = path
       made.setdefault(path, []).append(v)
   outputs = {v for v in jaxpr.outvars if isinstance(v, jax_core.Var)}
@@ -61,12 +87,24 @@ def traffic(jaxpr: jax_core.Jaxpr, weights: set[Any]) -> dict[str, tuple[int, in
   return traffic
 
 
+# The batch the residuals are traced at: a prime no channel count or kernel size is likely to be, so
+# a residual whose leading dimension is it grew with the batch (an activation), and one that is not
+# (a batch statistic, a bf16 copy of a kernel) did not.
+_TRACE_BATCH = 97
+
+
 def residuals(apply: Callable[..., Any], variables: Any, args: list[Any], batch: int, *,
-              wrt: str | None = "params") -> dict[str, float]:
+              wrt: str | None = "params", path_of: Callable[[str], str] = layer_path
+              ) -> dict[str, float]:
   """Per layer path, the bytes per example that ``jax.vjp`` saves for the backward pass of
   ``apply(variables, *args) -> (y, state)``, differentiated in the ``wrt`` collection (None: every
-  variable) and the floating inputs: its residuals whose leading dimension is the batch, variables
-  excluded."""
+  variable) and the floating inputs.
+
+  Counted: the residuals that depend on the inputs and scale with the batch (traced, abstractly, at a
+  batch of :data:`_TRACE_BATCH`, and divided by it). Not counted: variables, values computed from
+  variables alone, and per-batch values such as batch statistics."""
+  args = [jax.ShapeDtypeStruct((_TRACE_BATCH, *a.shape[1:]), a.dtype)
+          if getattr(a, "shape", ()) and a.shape[0] == batch else a for a in args]
   floating = [i for i, a in enumerate(args)
               if jnp.issubdtype(getattr(a, "dtype", jnp.int32), jnp.floating)]
 
@@ -80,16 +118,21 @@ def residuals(apply: Callable[..., Any], variables: Any, args: list[Any], batch:
     return jax.vjp(f, primal, *[args[i] for i in floating])[1]
 
   jaxpr = jax.make_jaxpr(saved)(variables, *args).jaxpr
-  producer = {v: layer_path(str(eqn.source_info.name_stack))
-              for eqn in jaxpr.eqns for v in eqn.outvars}
-  variable_vars = set(jaxpr.invars[:len(jax.tree.leaves(variables))])
+  n_variables = len(jax.tree.leaves(variables))
+  dependent = set(jaxpr.invars[n_variables:])
+  producer: dict[Any, str] = {}
+  for stack, invars, outvars in flat_equations(jaxpr):
+    if any(isinstance(v, jax_core.Var) and v in dependent for v in invars):
+      dependent.update(outvars)
+    for v in outvars:
+      producer[v] = path_of(stack)
   kept: dict[str, float] = {}
   for v in {v for v in jaxpr.outvars if isinstance(v, jax_core.Var)}:
     shape = v.aval.shape
-    if v in variable_vars or not shape or shape[0] != batch:
+    if v not in dependent or not shape or shape[0] != _TRACE_BATCH:
       continue
     path = producer.get(v, "")
-    kept[path] = kept.get(path, 0.0) + nbytes(v) / batch
+    kept[path] = kept.get(path, 0.0) + nbytes(v) / _TRACE_BATCH
   return kept
 
 

@@ -342,6 +342,14 @@ class MemoryTest(parameterized.TestCase):
     rows = {r.path: r for r in p.rows}
     self.assertEqual(rows["first"].activation_bytes, 4 * 25 * 16)  # made by "first"
 
+  def test_activation_bytes_do_not_depend_on_the_batch(self):
+    # Batch statistics and values computed from parameters alone (bf16 copies of kernels) are not
+    # per-example memory: the same count at every batch size.
+    for block in (pwconv.DenseConv(16), pwconv.models.SmallNet("separable", dtype=jnp.bfloat16)):
+      counts = {pwconv.profile(block, _spec((b, 8, 8, 16 if isinstance(block, pwconv.DenseConv)
+                                              else 1))).activation_bytes for b in (1, 3, 16)}
+      self.assertEqual(len(counts), 1, counts)
+
   def test_function_profiles_count_operands(self):
     p = pwconv.profile(lambda x, k: ops.pointwise_conv(x, k), _spec((2, 3, 3, 4)), _spec((4, 6)))
     self.assertEqual(p.bytes, 4 * (9 * 4 + 9 * 6) + 4 * 24)
