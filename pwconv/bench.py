@@ -42,7 +42,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app
 from absl import flags
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -128,7 +129,25 @@ def reparameterize(module: nn.Module, variables: Mapping[str, Any], *,
     raise ValueError(f"{OWNER}: nothing to fold in {type(module).__name__}: no BatchNorm follows a "
                      "conv and no block is re-parameterizable (norms other than BatchNorm stay as "
                      "they are)")
-  return deploy, _fill(template_flat, flat, new, consumed)
+  deploy_variables = _fill(template_flat, flat, new, consumed)
+  _check_same_function(module, variables, deploy, deploy_variables, x)
+  return deploy, deploy_variables
+
+
+def _check_same_function(module: nn.Module, variables: Mapping[str, Any], deploy: nn.Module,
+                         deploy_variables: Mapping[str, Any], x: Any) -> None:
+  """Raises unless both forms give the same eval-mode output on a random input (relative 1e-3): a
+  fold is only exact if nothing but the norm reads the conv's output, which plain array code
+  inside a block could do unseen."""
+  probe = jax.random.normal(jax.random.key(0), (1, *x.shape[1:]), jnp.float32)
+  kwargs = {"train": False} if "train" in inspect.signature(module.__call__).parameters else {}
+  want = np.asarray(jax.tree.leaves(module.apply(variables, probe, **kwargs))[0], np.float64)
+  got = np.asarray(jax.tree.leaves(deploy.apply(deploy_variables, probe, **kwargs))[0], np.float64)
+  error = np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30)
+  if not np.isfinite(error) or error > 1e-3:
+    raise ValueError(f"{OWNER}: the deploy form of {type(module).__name__} computes something else "
+                     f"(relative difference {error:.3g} on a random input): a folded conv's output "
+                     "must be read by its BatchNorm alone")
 
 
 def deploy_form(module: nn.Module) -> nn.Module:

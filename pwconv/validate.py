@@ -34,6 +34,19 @@ def int_pair(owner: str, name: str, value: Any, *, minimum: int = 1) -> tuple[in
           positive_int(owner, name, value[1], minimum=minimum))
 
 
+def sequence(owner: str, name: str, value: Any, *, what: str = "values") -> Sequence[Any]:
+  """Returns ``value`` if it is a non-empty list or tuple, else raises naming what it should hold."""
+  if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+    raise TypeError(f"{owner}: {name} must be a non-empty sequence of {what}, got {value!r}")
+  return value
+
+
+def positive_ints(owner: str, name: str, value: Any) -> tuple[int, ...]:
+  """Returns a non-empty sequence of ints >= 1 as a tuple (a network's depths, widths, ...)."""
+  return tuple(positive_int(owner, name, v)
+               for v in sequence(owner, name, value, what="ints >= 1"))
+
+
 def boolean(owner: str, name: str, value: Any, *, allow_none: bool = False) -> None:
   """Raises unless ``value`` is True or False (or None with ``allow_none``): a string such as "no"
   would otherwise read as True."""

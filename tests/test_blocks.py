@@ -429,5 +429,23 @@ class CostFormulaTest(parameterized.TestCase):
                      macs)
 
 
+
+@pytest.mark.parametrize("make", [
+    lambda: pwconv.Bottleneck(16, 4), lambda: pwconv.InvertedResidual(16, 2),
+    lambda: pwconv.InvertedResidual(16, 2, se_ratio=0.25), lambda: pwconv.SqueezeExcite(),
+    lambda: pwconv.FireModule(4, 8, 8, residual=True), lambda: pwconv.ShuffleUnit(16, groups=2),
+    lambda: pwconv.DepthwiseSeparable(16, residual=True), lambda: pwconv.MBConv(16, 4),
+    lambda: pwconv.FusedMBConv(16, 4), lambda: pwconv.ConvNeXtBlock(16),
+    lambda: pwconv.GhostBottleneck(16, 32), lambda: pwconv.UniversalInvertedBottleneck(16, 32),
+    lambda: pwconv.RepVGGBlock(16), lambda: pwconv.DenseConv(16)],
+    ids=lambda make: type(make()).__name__)
+def test_bf16_blocks_return_bf16_from_f32_inputs(make):
+  # An identity shortcut used to promote a bf16 block's output back to the f32 input's dtype.
+  block = make().clone(dtype=jnp.bfloat16)
+  x = jax.ShapeDtypeStruct((2, 8, 8, 16), jnp.float32)
+  variables = jax.eval_shape(lambda x: block.init(jax.random.key(0), x), x)
+  assert jax.eval_shape(lambda v, x: block.apply(v, x), variables, x).dtype == jnp.bfloat16
+
+
 if __name__ == "__main__":
   pytest.main([__file__])

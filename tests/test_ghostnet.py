@@ -265,7 +265,7 @@ def test_zero_init_last_starts_as_the_identity():
     (lambda: models.ghostnet(width=0), "GhostNet: width must be > 0"),
     (lambda: models.ghostnet(num_classes=0), "GhostNet: num_classes must be >= 1, got 0"),
     (lambda: models.ghostnet(dropout_rate=1.0), r"GhostNet: dropout_rate must be in \[0, 1\)"),
-    (lambda: models.ghostnet(blocks=()), "GhostNet: blocks must be non-empty groups of rows"),
+    (lambda: models.ghostnet(blocks=()), "GhostNet: blocks must be a non-empty sequence of groups of rows"),
     (lambda: models.ghostnet(blocks=(((3, 16, 16, 1),),)), r"GhostNet: each row of blocks must be"),
     (lambda: models.ghostnet(blocks=(((3, 16, 16, 2, 1),),)),
      r"GhostNet: se_ratio must be in \[0, 1\], got 2"),

@@ -417,3 +417,22 @@ def test_bad_inputs_are_named():
     reparameterize(variables, variables)
   # An input the variables cannot tell (any size works for a conv net) can be given.
   assert reparameterize(block, variables, input_shape=(1, 5, 5, 8))[0].deploy
+
+
+class _ReadsConvOutputTwice(pwconv.Block):
+  """conv -> norm, plus the conv's output added again: folding the norm would change the output."""
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    y = pwconv.PointwiseConv(8, use_bias=True, name="conv")(x)
+    return self.normalize(y, name="conv_norm", train=train) + y
+
+
+def test_a_fold_that_would_change_the_output_is_refused():
+  block = _ReadsConvOutputTwice()
+  x = jnp.ones((1, 6, 6, 4))
+  variables = block.init(jax.random.key(0), x)
+  variables = jax.tree.map(lambda v: v + 0.3, variables)  # a norm that is not the identity
+  with pytest.raises(ValueError, match="reparameterize: the deploy form of _ReadsConvOutputTwice "
+                                       "computes something else"):
+    reparameterize(block, variables, input_shape=(1, 6, 6, 4))

@@ -128,6 +128,16 @@ class Knobs(nn.Module):
   def activate(self, x: jax.Array) -> jax.Array:
     return x if self.act is None else self.act(x)
 
+  def unnormed_bias(self) -> bool:
+    """Whether a conv that no norm follows has a bias (``use_bias``; None means yes): SE's 1x1s,
+    conv heads, ConvNeXt's linear layers."""
+    return True if self.use_bias is None else self.use_bias
+
+  def in_dtype(self, x: jax.Array) -> jax.Array:
+    """``x`` in the computation dtype (unchanged when ``dtype`` is None): what an identity shortcut
+    adds, so a bf16 block returns bf16 whatever its input."""
+    return x if self.dtype is None else x.astype(self.dtype)
+
 
 class Block(Knobs):
   """A block: :class:`Knobs`, the conv -> norm -> act unit blocks are built from, and the factories
@@ -186,9 +196,10 @@ class Block(Knobs):
 
   def shortcut_branch(self, x: jax.Array, features: int, strides: tuple[int, int], *,
                       train: bool) -> jax.Array:
-    """Identity when shapes match, else a strided 1x1 projection + norm (ResNet's option B)."""
+    """Identity when shapes match (in the block's dtype), else a strided 1x1 projection + norm
+    (ResNet's option B)."""
     if x.shape[-1] == features and strides == (1, 1):
-      return x
+      return self.in_dtype(x)
     return self.conv_norm_act(x, self.pointwise_layer(features, strides=strides),
                               name="shortcut", train=train, act=False)
 

@@ -2,8 +2,8 @@
 
 Every block is a linen dataclass whose fields read like its paper's table, plus the shared keyword-only
 knobs of :class:`~pwconv.blocks.base.Knobs` (``norm``, ``act``, ``use_bias``, ``zero_init_last``,
-``padding``, ``depthwise``, ``dtype``, ``param_dtype``). ``__call__(x, *, train=False)`` takes x (N, H, W,
-C); ``train`` switches BatchNorm to batch statistics. ``dense_equivalent(in_features)`` returns the
+``padding``, ``depthwise_conv``, ``dtype``, ``param_dtype``). ``__call__(x, *, train=False)`` takes
+x (N, H, W, C); ``train`` switches BatchNorm to batch statistics. ``dense_equivalent(in_features)`` returns the
 module the block stands in for, so :func:`pwconv.savings` can compare the two.
 
 Costs below are MACs per example in the paper convention (padded taps counted); Ho, Wo is the output size.
@@ -152,11 +152,12 @@ class SqueezeExcite(Block):
     del train  # no norm inside
     c = self.input_channels(x)
     reduced = self.reduced_features or max(1, int(c * self.ratio))
-    conv = functools.partial(PointwiseConv, use_bias=True if self.use_bias is None else self.use_bias,
+    conv = functools.partial(PointwiseConv, use_bias=self.unnormed_bias(),
                              dtype=self.dtype, param_dtype=self.param_dtype)
     s = jnp.mean(x, axis=(1, 2), keepdims=True)
     s = self.activate(conv(reduced, name="reduce")(s))
     s = self.gate(conv(c, name="expand")(s))
+    x = self.in_dtype(x)
     return x * s.astype(x.dtype)
 
   def dense_equivalent(self, in_features: int) -> Identity:

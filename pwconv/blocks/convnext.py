@@ -112,8 +112,4 @@ class ConvNeXtBlock(Block):
       init = 0.0 if self.zero_init_last else self.layer_scale_init
       y = LayerScale(init, param_dtype=self.param_dtype, name="layer_scale")(y)
     y = DropPath(self.drop_path_rate)(y, deterministic=not train)
-    return x + y
-
-  def unnormed_bias(self) -> bool:
-    """Whether a conv that no norm follows has a bias (``use_bias``; None means yes)."""
-    return True if self.use_bias is None else self.use_bias
+    return self.in_dtype(x) + y

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from pwconv import validate
 from pwconv.blocks.base import Block, pair
 from pwconv.blocks.classic import SqueezeExcite
+from pwconv.blocks.mbconv import hard_sigmoid
 
 
 class GhostModule(Block):
@@ -121,13 +122,13 @@ class GhostBottleneck(Block):
       y = self.conv_norm_act(y, self.depthwise_layer(self.kernel_size, strides), name="depthwise",
                              train=train, act=False)
     if self.se_features is not None:
-      y = SqueezeExcite(reduced_features=self.se_features, gate=jax.nn.hard_sigmoid,
+      y = SqueezeExcite(reduced_features=self.se_features, gate=hard_sigmoid,
                         act=self.act or nn.relu, dtype=self.dtype, param_dtype=self.param_dtype,
                         name="se")(y, train=train)
     y = GhostModule(self.features, **ghost, linear=True, ends_branch=True, **self.knobs(),
                     name="ghost2")(y, train=train)
     if strides == (1, 1) and cin == self.features:
-      return y + x
+      return y + self.in_dtype(x)
     s = self.conv_norm_act(x, self.depthwise_layer(self.kernel_size, strides),
                            name="shortcut_depthwise", train=train, act=False)
     s = self.conv_norm_act(s, self.pointwise_layer(self.features), name="shortcut", train=train,

@@ -23,14 +23,10 @@ from pwconv.layers import DropPath
 Rounding = Callable[[float], int]
 
 
-def hard_sigmoid(x: jax.Array) -> jax.Array:
-  """relu6(x + 3) / 6, PyTorch's ``nn.Hardsigmoid`` (MobileNetV3's SE gate)."""
-  return jax.nn.relu6(x + 3.0) / 6.0
-
-
-def hard_swish(x: jax.Array) -> jax.Array:
-  """x · relu6(x + 3) / 6, PyTorch's ``nn.Hardswish`` (MobileNetV3's activation)."""
-  return x * jax.nn.relu6(x + 3.0) / 6.0
+# relu6(x + 3) / 6 and x · relu6(x + 3) / 6: PyTorch's nn.Hardsigmoid (MobileNetV3's and GhostNet's
+# SE gate) and nn.Hardswish (MobileNetV3's activation), as JAX defines them.
+hard_sigmoid = jax.nn.hard_sigmoid
+hard_swish = jax.nn.hard_swish
 
 
 SE_BASES = ("input", "hidden")

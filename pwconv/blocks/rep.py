@@ -50,6 +50,9 @@ def centre_taps(x: jax.Array, kernel_size: Sequence[int], strides: Sequence[int]
   return x[:, index[0], index[1], :]
 
 
+_ABSTRACT = ("RepBranches is the shared base of RepVGGBlock and MobileOneBlock: build one of those")
+
+
 class RepBranches(Block):
   """What RepVGG and MobileOne blocks share: parallel conv -> norm branches, summed, then act.
 
@@ -88,15 +91,15 @@ class RepBranches(Block):
 
   @property
   def kxk_names(self) -> tuple[str, ...]:
-    raise NotImplementedError
+    raise NotImplementedError(_ABSTRACT)
 
   @property
   def scale_name(self) -> str | None:
-    raise NotImplementedError
+    raise NotImplementedError(_ABSTRACT)
 
   def conv_groups(self, in_features: int) -> int:
     """The groups of every conv of the block for ``in_features`` input channels (checked)."""
-    raise NotImplementedError
+    raise NotImplementedError(_ABSTRACT)
 
   def has_identity(self, in_features: int) -> bool:
     return in_features == self.features and pair(self.strides) == (1, 1)

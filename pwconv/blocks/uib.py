@@ -109,7 +109,8 @@ class UniversalInvertedBottleneck(Block):
     if self.layer_scale_init is not None:
       y = LayerScale(self.layer_scale_init, param_dtype=self.param_dtype, name="layer_scale")(y)
     if residual:
-      y = DropPath(self.drop_path_rate, name="drop_path")(y, deterministic=not train) + x
+      y = DropPath(self.drop_path_rate, name="drop_path")(y, deterministic=not train)
+      y = y + self.in_dtype(x)
     return y
 
   def dense_equivalent(self, in_features: int) -> DenseConv:

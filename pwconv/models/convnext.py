@@ -16,7 +16,7 @@ from pwconv import validate
 from pwconv.blocks import Block, ConvNeXtBlock, DenseConv, gelu, layer_norm
 from pwconv.blocks.base import ModuleDef
 from pwconv.models import registry
-from pwconv.models.network import Network, kw_only
+from pwconv.models.network import Network, drop_path_rates, kw_only
 from pwconv.models.smallnet import register_block
 
 Activation = Callable[[jax.Array], jax.Array]
@@ -54,11 +54,6 @@ class NormHead(Block):
   def dense_equivalent(self, in_features: int) -> NormHead:
     validate.positive_int(type(self).__name__, "in_features", in_features)
     return self
-
-
-def drop_path_rates(rate: float, blocks: int) -> list[float]:
-  """Stochastic depth rising linearly from 0 at the first block to ``rate`` at the last (timm)."""
-  return [rate * k / max(blocks - 1, 1) for k in range(blocks)]
 
 
 class ConvNeXt(Network):
@@ -101,11 +96,7 @@ class ConvNeXt(Network):
   def __post_init__(self):
     owner = type(self).__name__
     for name in ("depths", "dims"):
-      value = getattr(self, name)
-      if isinstance(value, str) or not isinstance(value, Sequence) or not value:
-        raise TypeError(f"{owner}: {name} must be a non-empty sequence of ints, got {value!r}")
-      for v in value:
-        validate.positive_int(owner, name, v)
+      validate.positive_ints(owner, name, getattr(self, name))
     if len(self.depths) != len(self.dims):
       raise ValueError(f"{owner}: depths and dims must have one entry per stage, got "
                        f"{len(self.depths)} depths and {len(self.dims)} dims")

@@ -234,7 +234,7 @@ class MobileNetV3(EfficientNet):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     x = jnp.mean(self.trunk(x, train=train), axis=(1, 2), keepdims=True)
-    use_bias = True if self.use_bias is None else self.use_bias
+    use_bias = self.unnormed_bias()
     x = self.activate(PointwiseConv(self.head_width(), use_bias=use_bias, dtype=self.dtype,
                                     param_dtype=self.param_dtype, name="head")(x))
     return self.classify(x, self.num_classes, train=train, dropout_rate=self.dropout_rate)

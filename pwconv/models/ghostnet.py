@@ -68,10 +68,10 @@ class GhostNet(Network):
     validate.number(owner, "width", self.width, low=0, low_open=True)
     validate.positive_int(owner, "stem", self.stem)
     validate.positive_int(owner, "head_features", self.head_features)
-    if not self.blocks or any(not group for group in self.blocks):
-      raise ValueError(f"{owner}: blocks must be non-empty groups of rows, got {self.blocks!r}")
+    for group in validate.sequence(owner, "blocks", self.blocks, what="groups of rows"):
+      validate.sequence(owner, "blocks", group, what="(kernel, exp, out, se_ratio, stride) rows")
     for row in (row for group in self.blocks for row in group):
-      if len(row) != 5:
+      if isinstance(row, (str, bytes)) or not isinstance(row, Sequence) or len(row) != 5:
         raise ValueError(f"{owner}: each row of blocks must be (kernel, exp, out, se_ratio, "
                          f"stride), got {row!r}")
       validate.number(owner, "se_ratio", row[3], low=0, high=1)
@@ -93,7 +93,7 @@ class GhostNet(Network):
     last = make_divisible(self.blocks[-1][-1][1] * w, 4)
     x = DenseConv(last, (1, 1), **self.knobs(), name="last")(x, train=train)
     x = jnp.mean(x, axis=(1, 2), keepdims=True)
-    x = PointwiseConv(self.head_features, use_bias=True if self.use_bias is None else self.use_bias,
+    x = PointwiseConv(self.head_features, use_bias=self.unnormed_bias(),
                       dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
     x = self.activate(x).reshape(x.shape[0], -1)
     if self.dropout_rate:

@@ -92,8 +92,8 @@ class MobileNetV4(Network):
     validate.number(owner, "drop_path_rate", self.drop_path_rate, low=0, high=1, high_open=True)
     if self.layer_scale_init is not None:
       validate.number(owner, "layer_scale_init", self.layer_scale_init)
-    for stage in self.stages:
-      for row in stage:
+    for stage in validate.sequence(owner, "stages", self.stages, what="stages"):
+      for row in validate.sequence(owner, "stages", stage, what="ConvLayer/UIBLayer rows"):
         if not isinstance(row, (ConvLayer, UIBLayer)):
           raise TypeError(f"{owner}: stages must hold ConvLayer and UIBLayer rows, got {row!r}")
     super().__post_init__()

@@ -73,6 +73,12 @@ class Network(Knobs):
     return nn.Dense(num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="classifier")(x)
 
 
+def drop_path_rates(rate: float, blocks: int) -> list[float]:
+  """Stochastic depth rising linearly from 0 at the first block to ``rate`` at the last (timm's
+  ``linspace(0, rate, blocks)``)."""
+  return [rate * k / max(blocks - 1, 1) for k in range(blocks)]
+
+
 def kw_only(**kwargs: Any) -> Any:
   """A keyword-only dataclass field (the presets fill these in with ``functools.partial``)."""
   return dataclasses.field(kw_only=True, **kwargs)

@@ -14,12 +14,11 @@ from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 import jax
-import numpy as np
 
 from pwconv import validate
 from pwconv.blocks import MobileOneBlock, RepVGGBlock
 from pwconv.models import registry
-from pwconv.models.network import Network, kw_only
+from pwconv.models.network import Network, drop_path_rates, kw_only
 from pwconv.models.smallnet import SmallNet, register_block
 
 
@@ -46,11 +45,7 @@ class RepNet(Network):
   def __post_init__(self):
     owner = type(self).__name__
     for name in ("depths", "widths"):
-      value = getattr(self, name)
-      if isinstance(value, str) or not isinstance(value, Sequence) or not value:
-        raise TypeError(f"{owner}: {name} must be a non-empty sequence of ints, got {value!r}")
-      for v in value:
-        validate.positive_int(owner, name, v)
+      validate.positive_ints(owner, name, getattr(self, name))
     if len(self.depths) != len(self.widths):
       raise ValueError(f"{owner}: depths and widths must have one entry per stage, got "
                        f"{len(self.depths)} and {len(self.widths)}")
@@ -60,7 +55,7 @@ class RepNet(Network):
     super().__post_init__()
 
   def drop_path_rates(self, blocks: int) -> list[float]:
-    return [float(r) for r in np.linspace(0.0, self.drop_path_rate, blocks)]
+    return drop_path_rates(self.drop_path_rate, blocks)
 
 
 class RepVGG(RepNet):

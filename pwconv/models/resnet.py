@@ -14,13 +14,6 @@ from pwconv.models import registry
 from pwconv.models.network import Network, kw_only
 
 
-def _int_sequence(owner: str, name: str, value: object) -> None:
-  if isinstance(value, str) or not isinstance(value, Sequence) or not value:
-    raise TypeError(f"{owner}: {name} must be a non-empty sequence of ints, got {value!r}")
-  for item in value:
-    validate.positive_int(owner, name, item)
-
-
 class ResNet(Network):
   """ResNet v1.5 (He et al. 2016; the stride on the 3x3 conv, as torchvision) of bottleneck blocks.
 
@@ -48,11 +41,11 @@ class ResNet(Network):
     owner = type(self).__name__
     validate.positive_int(owner, "num_filters", self.num_filters)
     validate.positive_int(owner, "expansion", self.expansion)
-    _int_sequence(owner, "stage_sizes", self.stage_sizes)
+    validate.positive_ints(owner, "stage_sizes", self.stage_sizes)
     if self.stem_width is not None:
       validate.positive_int(owner, "stem_width", self.stem_width)
     if self.widths is not None:
-      _int_sequence(owner, "widths", self.widths)
+      validate.positive_ints(owner, "widths", self.widths)
       if len(self.widths) != len(self.stage_sizes):
         raise ValueError(f"{owner}: widths must give one width per stage "
                          f"({len(self.stage_sizes)}), got {self.widths!r}")

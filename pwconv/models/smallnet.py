@@ -69,8 +69,10 @@ class SmallNet(Network):
   stem (dense kxk conv to ``width`` + norm + act) -> ``stages`` stages of ``depth`` blocks with
   width·2^i features -> global average pool -> Dense(num_classes). Each stage after the first halves H
   and W the way the design's paper does (:attr:`SmallNetBlock.downsample`): a stride-2 first block, or a
-  2x2/2 max pool (SAME: sizes round up) before the stage; so no design needs a projection shortcut.
-  For inputs of 8x8 to 32x32 (any size works). The designs are in :data:`SMALLNET_BLOCKS`.
+  2x2/2 max pool before the stage (padded by the ``padding`` convention: "SAME" rounds odd sizes up,
+  "symmetric" down); so no classic design needs a projection shortcut (GhostNet's and ConvNeXt's
+  designs change width with their own shortcut or downsample layer, as their papers do). For inputs
+  of 8x8 to 32x32 (any size works). The designs are in :data:`SMALLNET_BLOCKS`.
 
   Attributes:
     block: a name in :data:`SMALLNET_BLOCKS` or a :class:`SmallNetBlock`.
@@ -81,7 +83,8 @@ class SmallNet(Network):
     kernel_size: (kh, kw) of the stem and of the kxk conv of the designs that have one to choose
       (fire, inception and shuffle keep their own 3x3 / 5x5).
     reduction: bottleneck width over F for bottleneck, fire and shuffle, in (0, 1].
-    expansion: inverted_residual's t.
+    expansion: the hidden width over the input of the expanding designs (inverted_residual's t;
+      mbconv, fused_mbconv, uib, ghost and convnext use it too).
     groups: shuffle's g; divides width.
     pointwise_layers: mlpconv's 1x1 + act layers after the kxk conv (>= 0).
   """
@@ -130,7 +133,7 @@ class SmallNet(Network):
           if spec.downsample == "stride":
             strides = (2, 2)
           else:
-            x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+            x = nn.max_pool(x, (2, 2), strides=(2, 2), padding=self.pad((2, 2)))
         x = spec.make(self, self.width * 2**i, x.shape[-1], strides,
                       f"stage{i + 1}_block{j + 1}")(x, train=train)
     return self.classify(x, self.num_classes, train=train)

@@ -30,8 +30,9 @@ def from_torchvision(name: str, state_dict: Mapping[str, Any], *, num_classes: i
       auxiliary classifiers, when the state dict has them, are dropped: eval mode never runs them).
     state_dict: the model's ``state_dict()`` (or :func:`pwconv.weights.load` of its file): names to
       numpy arrays or torch tensors.
-    num_classes: a new head for fine-tuning: the classifier is initialised afresh (from ``seed``) with
-      this many outputs and the checkpoint's classifier is dropped. None keeps the checkpoint's.
+    num_classes: a new head for fine-tuning: when it differs from the checkpoint's, the classifier
+      is initialised afresh (from ``seed``) with this many outputs and the checkpoint's is dropped;
+      None (or the checkpoint's own count) keeps the loaded classifier.
     seed: the seed of the new classifier's initialisation.
     **model_kwargs: passed to the network (e.g. ``dtype=jnp.bfloat16``, ``depthwise_conv=...``, or a
       reduced ``width_multiplier`` matching a reduced reference model).
