@@ -437,3 +437,22 @@ def test_smallnet_shuffle_stride2_units_concatenate():
   # Stage 2 (64 features) from 32 channels: the grouped 1x1 makes 64 - 32, the pooled input 32.
   assert rows["stage2_block1/expand"].out_shape == (8, 8, 32)
   assert rows["stage2_block2/reduce"].in_shape == (8, 8, 64)
+
+
+@pytest.mark.parametrize("block", ["mbconv", "fused_mbconv", "uib", "convnext", "repvgg"])
+def test_smallnet_drop_path_rises_linearly_over_the_blocks(block):
+  net = models.SmallNet(block, width=8, stages=2, depth=2, drop_path_rate=0.3)
+  rates = {}
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, pwconv.DropPath):
+      rates[context.module.path[0]] = context.module.rate
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    jax.eval_shape(net.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 8, 8, 1), jnp.float32))
+  # Block k of 4 gets 0.3·k/3; a block without a shortcut (a stride-2 first block) has no branch
+  # to drop.
+  expected = {"stage1_block1": 0.0, "stage1_block2": 0.1, "stage2_block1": 0.2, "stage2_block2": 0.3}
+  assert {"stage1_block2", "stage2_block2"} <= set(rates)
+  assert rates == pytest.approx({k: expected[k] for k in rates})

@@ -166,7 +166,8 @@ registry.register(
 def _convnext_block(net: nn.Module, features: int, in_features: int, strides: tuple[int, int],
                     name: str) -> ConvNeXtBlock:
   del in_features  # a new width or stride gets the block's own norm + conv in front
-  return ConvNeXtBlock(features, net.kernel_size, strides, net.expansion, **net.knobs(), name=name)
+  return ConvNeXtBlock(features, net.kernel_size, strides, net.expansion,
+                       drop_path_rate=net.drop_path(name), **net.knobs(), name=name)
 
 
 register_block(

@@ -377,14 +377,15 @@ registry.register(
 def _mbconv(net: SmallNet, features: int, in_features: int, strides: tuple[int, int],
             name: str) -> nn.Module:
   del in_features
-  return MBConv(features, net.expansion, net.kernel_size, strides, se_ratio=0.25, **net.knobs(),
-                name=name)
+  return MBConv(features, net.expansion, net.kernel_size, strides, se_ratio=0.25,
+                drop_path_rate=net.drop_path(name), **net.knobs(), name=name)
 
 
 def _fused_mbconv(net: SmallNet, features: int, in_features: int, strides: tuple[int, int],
                   name: str) -> nn.Module:
   del in_features
-  return FusedMBConv(features, net.expansion, net.kernel_size, strides, **net.knobs(), name=name)
+  return FusedMBConv(features, net.expansion, net.kernel_size, strides,
+                     drop_path_rate=net.drop_path(name), **net.knobs(), name=name)
 
 
 register_block(

@@ -179,7 +179,7 @@ def _uib(net: SmallNet, features: int, in_features: int, strides: tuple[int, int
   kernel_size = validate.int_pair(type(net).__name__, "kernel_size", net.kernel_size)
   return UniversalInvertedBottleneck(features, net.expansion, start_kernel_size=kernel_size,
                                      middle_kernel_size=kernel_size, strides=strides,
-                                     **net.knobs(), name=name)
+                                     drop_path_rate=net.drop_path(name), **net.knobs(), name=name)
 
 
 register_block(

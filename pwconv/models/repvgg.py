@@ -174,7 +174,8 @@ def _smallnet_repvgg(net: SmallNet, features: int, in_features: int, strides: tu
                      name: str, *, deploy: bool) -> RepVGGBlock:
   del in_features
   kernel_size = validate.int_pair(type(net).__name__, "kernel_size", net.kernel_size)
-  return RepVGGBlock(features, kernel_size, strides, deploy=deploy, **net.knobs(), name=name)
+  return RepVGGBlock(features, kernel_size, strides, deploy=deploy,
+                     drop_path_rate=net.drop_path(name), **net.knobs(), name=name)
 
 
 def _check_odd_kernel(net: SmallNet) -> None:

@@ -17,7 +17,7 @@ from pwconv import validate
 from pwconv.blocks import (Bottleneck, DenseConv, DepthwiseSeparable, FireModule, InceptionModule,
                            InvertedResidual, MLPConv, ShuffleUnit)
 from pwconv.models import registry
-from pwconv.models.network import Network
+from pwconv.models.network import Network, drop_path_rates
 
 # (net, features, in_features, strides, name) -> the block.
 MakeBlock = Callable[["SmallNet", int, int, tuple[int, int], str], nn.Module]
@@ -87,6 +87,9 @@ class SmallNet(Network):
       mbconv, fused_mbconv, uib, ghost and convnext use it too).
     groups: shuffle's g; divides width.
     pointwise_layers: mlpconv's 1x1 + act layers after the kxk conv (>= 0).
+    drop_path_rate: stochastic depth of the designs with a residual branch that can be dropped
+      (mbconv, fused_mbconv, uib, convnext, repvgg), rising linearly from 0 at the first block to
+      this rate at the last (:meth:`drop_path`); other designs have no such branch.
   """
   block: str | SmallNetBlock = "dense"
   num_classes: int = 10
@@ -98,6 +101,7 @@ class SmallNet(Network):
   expansion: int = 4
   groups: int = 2
   pointwise_layers: int = 1
+  drop_path_rate: float = 0.0
 
   def __post_init__(self):
     owner = type(self).__name__
@@ -107,12 +111,20 @@ class SmallNet(Network):
     validate.positive_int(owner, "pointwise_layers", self.pointwise_layers, minimum=0)
     validate.int_pair(owner, "kernel_size", self.kernel_size)
     validate.number(owner, "reduction", self.reduction, low=0, high=1, low_open=True)
+    validate.number(owner, "drop_path_rate", self.drop_path_rate, low=0, high=1, high_open=True)
     if self.width < spec.min_width:
       raise ValueError(f"{owner}: width must be >= {spec.min_width} for block {spec.name!r}, got "
                        f"{self.width}")
     if spec.check is not None:
       spec.check(self)
     super().__post_init__()
+
+  def drop_path(self, name: str) -> float:
+    """The drop-path rate of the block called ``name`` ("stage<i>_block<j>", as :meth:`__call__`
+    names them): block k of the network's n gets drop_path_rate·k / (n - 1)."""
+    stage, block = (int(n) for n in name.removeprefix("stage").split("_block"))
+    rates = drop_path_rates(self.drop_path_rate, self.stages * self.depth)
+    return rates[(stage - 1) * self.depth + block - 1]
 
   @property
   def spec(self) -> SmallNetBlock:
