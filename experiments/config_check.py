@@ -9,16 +9,19 @@ functions of :mod:`pwconv.validate` do; its message names ``config.<key>``.
 
 from __future__ import annotations
 
-import difflib
+import copy
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
+from absl import logging
 
+from experiments import config_help
 from experiments import data as data_lib
 from experiments import variants as variants_lib
-from experiments.configs import default
+from experiments.config_help import flatten
 from pwconv import kernels
 from pwconv import validate
 
@@ -26,6 +29,7 @@ Check = Callable[[str, str, Any], Any]  # (owner, key, value); raises TypeError 
 
 OPTIMIZERS = ("sgd", "adamw")
 DISTRIBUTED = ("auto", "always", "never")
+MAX_SEED = 2**32 - 1
 
 _OWNER = "config"
 
@@ -66,6 +70,14 @@ def _number(*, low: float, high: float | None = None, low_open: bool = False,
   return check
 
 
+def _seed(owner: str, name: str, value: Any) -> None:
+  """An int in [0, 2**32 - 1]: jax keeps 32 bits of a seed, so larger ones would repeat others."""
+  validate.positive_int(owner, name, value, minimum=0)
+  if value > MAX_SEED:
+    raise ValueError(f"{owner}: {name} must be in [0, {MAX_SEED}] (jax seeds are 32-bit: a larger "
+                     f"one would repeat a smaller one's run), got {value}")
+
+
 def _variant_names(owner: str, name: str, value: Any) -> None:
   """A non-empty list of distinct names from :func:`experiments.variants.names`."""
   if isinstance(value, str) or not isinstance(value, Sequence) or not value:
@@ -83,6 +95,10 @@ KEYS: dict[str, Check] = {
     "max_train": _int(0),
     "max_test": _int(0),
     "augment": validate.boolean,
+    "crop_padding": _int(),
+    "flip": validate.boolean,
+    "randaugment.num_ops": _int(0),
+    "randaugment.magnitude": _number(low=0.0, high=1.0),
     "synthetic.shape": functools.partial(data_lib.positive_ints, meaning="(H, W, C)"),
     "synthetic.sizes": functools.partial(data_lib.positive_ints, meaning="(train, test)"),
     "synthetic.num_classes": _int(2),
@@ -95,7 +111,10 @@ KEYS: dict[str, Check] = {
     "checkpoint_every_steps": _int(),
     "checkpoints_to_keep": _int(),
     "timing_repeats": _int(),
-    "seed": _int(0),
+    "seed": _seed,
+    "seeds": _int(),
+    "label_smoothing": _number(low=0.0, high=1.0, high_open=True),
+    "ema_decay": _number(low=0.0, high=1.0, high_open=True),
     "num_devices": _int(0),
     "stop_after_steps": _int(0),
     "model.width": _int(),
@@ -109,6 +128,7 @@ KEYS: dict[str, Check] = {
     "model.norm": _one_of(tuple(variants_lib.NORMS)),
     "model.act": _one_of(tuple(variants_lib.ACTIVATIONS)),
     "model.impl": _one_of(kernels.names()),
+    "model.drop_path_rate": _number(low=0.0, high=1.0, high_open=True),
     "dtype": _one_of(tuple(variants_lib.DTYPES)),
     "optimizer.name": _one_of(OPTIMIZERS),
     "optimizer.learning_rate": _number(low=0.0, low_open=True),
@@ -117,9 +137,11 @@ KEYS: dict[str, Check] = {
     "optimizer.weight_decay": _number(low=0.0),
     "optimizer.warmup_steps": _int(0),
     "optimizer.final_lr_fraction": _number(low=0.0, high=1.0),
+    "optimizer.clip_grad_norm": _number(low=0.0),
     "distributed.initialize": _one_of(DISTRIBUTED),
     "distributed.num_processes": _int(0),
     "distributed.process_id": _int(0),
+    "distributed.initialization_timeout": _int(),
 }
 
 
@@ -129,10 +151,11 @@ def _baseline_is_a_variant(config: ml_collections.ConfigDict) -> None:
                      f"{list(config.variants)}: the savings are measured against it")
 
 
-def _warmup_within_the_run(config: ml_collections.ConfigDict) -> None:
-  if config.optimizer.warmup_steps >= config.num_steps:
-    raise ValueError(f"config.optimizer.warmup_steps ({config.optimizer.warmup_steps}) must be "
-                     f"smaller than config.num_steps ({config.num_steps})")
+def _seeds_within_range(config: ml_collections.ConfigDict) -> None:
+  last = config.seed + config.seeds - 1
+  if last > MAX_SEED:
+    raise ValueError(f"config.seed + config.seeds - 1 ({last}) must be <= {MAX_SEED}: jax seeds "
+                     "are 32-bit")
 
 
 def _data_dir_for_files(config: ml_collections.ConfigDict) -> None:
@@ -158,21 +181,25 @@ def _processes_with_an_address(config: ml_collections.ConfigDict) -> None:
 
 
 RULES: tuple[Callable[[ml_collections.ConfigDict], None], ...] = (
-    _baseline_is_a_variant, _warmup_within_the_run, _data_dir_for_files,
+    _baseline_is_a_variant, _seeds_within_range, _data_dir_for_files,
     _processes_with_an_address)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError/TypeError naming the first bad key (``config.optimizer.name``, ...)."""
-  known = flatten(default.get_config().to_dict())
-  for key in flatten(config.to_dict()):
-    if key not in known:
-      close = difflib.get_close_matches(key, known, n=1)
-      hint = f"; did you mean config.{close[0]}?" if close else ""
-      raise ValueError(f"config.{key} is not a known key{hint} (experiments/configs/default.py "
-                       "lists them all)")
+  """Raises ValueError/TypeError naming the first bad key (``config.optimizer.name``, ...).
+
+  Unknown keys first (with the closest known one), then each key's check, then every number left
+  must be finite (no key takes NaN or an infinity), then the rules across keys, then the models.
+  """
+  values = flatten(config.to_dict())
+  for key in values:
+    if message := config_help.unknown_key(key):
+      raise ValueError(message)
   for key, check in KEYS.items():
     _check_key(config, key, check)
+  for key, value in values.items():
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ValueError(f"config.{key} must be a finite number, got {value}")
   for rule in RULES:
     rule(config)
   num_classes = (config.synthetic.num_classes if config.dataset == "synthetic"
@@ -181,15 +208,19 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     variants_lib.build_model(config, variant, num_classes)
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  """A nested dict as one dict keyed by dotted paths: ``{"model.width": 32, ...}``."""
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config a (checked) run trains with: a copy of ``config``, with a warmup as long as the run
+  or longer (``--config.num_steps=10`` with the default 20 warmup steps) cut to a tenth of the run,
+  with a logged note. config.json records (and a rerun compares) this config."""
+  o = config.optimizer
+  if o.warmup_steps < config.num_steps:
+    return config
+  resolved = copy.deepcopy(config)
+  resolved.optimizer.warmup_steps = config.num_steps // 10
+  logging.warning("config.optimizer.warmup_steps (%d) is not below config.num_steps (%d): warming "
+                  "up over %d steps instead (a tenth of the run)", o.warmup_steps, config.num_steps,
+                  resolved.optimizer.warmup_steps)
+  return resolved
 
 
 def _check_key(config: ml_collections.ConfigDict, key: str, check: Check) -> None:

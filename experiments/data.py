@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -63,6 +64,12 @@ class Dataset:
       if labels.shape != images.shape[:1] or labels.dtype != np.int32:
         raise ValueError(f"{owner}: {split}_labels must be int32 of shape {images.shape[:1]}, got "
                          f"{labels.dtype} {labels.shape}")
+      bad = ~np.isfinite(images)
+      if bad.any():
+        first = np.argwhere(bad)[0]
+        raise ValueError(f"{owner}: {split}_images holds {int(bad.sum())} NaN or infinite pixel "
+                         f"values (the first in example {first[0]}, at (row, column, channel) "
+                         f"{tuple(int(i) for i in first[1:])}); every pixel must be finite")
     if self.train_images.shape[1:] != self.test_images.shape[1:]:
       raise ValueError(f"{owner}: train images {self.train_images.shape[1:]} and test images "
                        f"{self.test_images.shape[1:]} must have the same (H, W, C)")
@@ -81,6 +88,16 @@ class Dataset:
   def num_test(self) -> int:
     """Number of test examples."""
     return len(self.test_labels)
+
+  def fingerprint(self) -> dict[str, Any]:
+    """What identifies these data: the name, the sizes and shapes, the classes, and a hash of every
+    image and label (``sha1``: a fingerprint, not a defence; ~0.4 s for CIFAR-10's 737 MB)."""
+    digest = hashlib.sha1()
+    for array in (self.train_images, self.train_labels, self.test_images, self.test_labels):
+      digest.update(np.ascontiguousarray(array).data)
+    return {"name": self.name, "num_train": self.num_train, "num_test": self.num_test,
+            "image_shape": list(self.image_shape), "num_classes": self.num_classes,
+            "sha1": digest.hexdigest()}
 
 
 def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None, seed: int = 0,

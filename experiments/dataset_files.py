@@ -34,14 +34,28 @@ _CIFAR_PIXELS = 3 * 32 * 32  # channel-major: 1024 R, then 1024 G, then 1024 B, 
 
 _RECONSTRUCT = np.ndarray(0).__reduce__()[0]
 _SCALAR = np.float64(0).__reduce__()[0]
+_FROMBUFFER = np.ndarray(0).__reduce_ex__(5)[0]  # protocol 5's array: frombuffer(...).reshape(...)
+
+
+def _empty_bytes(*args: Any) -> bytes:
+  """``bytes()``: how protocol 2 stores an empty bytes value; any other call is refused."""
+  if args:
+    raise pickle.UnpicklingError(f"refusing bytes{args!r}: only bytes() is expected")
+  return b""
+
+
 _PICKLE_GLOBALS = {  # All that a pickled dict of numpy arrays, lists, bytes and numbers refers to.
     ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy.core.multiarray", "scalar"): _SCALAR,
     ("numpy._core.multiarray", "scalar"): _SCALAR,
+    ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER,
+    ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): codecs.encode,  # How protocol 2 stores bytes written by Python 3.
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("builtins", "bytes"): _empty_bytes,
 }
 
 
@@ -179,6 +193,8 @@ def _read_cifar_pickle(path: str) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"{path}: expected a dict with keys b'data' and b'labels', got "
                      f"{type(batch).__name__}")
   pixels, labels = (np.asarray(_batch_entry(path, batch, key)) for key in ("data", "labels"))
+  if not pixels.size and not labels.size:
+    raise ValueError(f"{path}: holds no images; an interrupted copy or extraction?")
   if pixels.dtype != np.uint8 or pixels.shape[1:] != (_CIFAR_PIXELS,):
     raise ValueError(f"{path}: b'data' must be a uint8 array (N, {_CIFAR_PIXELS}), got "
                      f"{pixels.dtype} {pixels.shape}")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -10,14 +13,24 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
+from experiments import preemption
 
-def initialize(config: ml_collections.ConfigDict) -> None:
+
+def initialize(config: ml_collections.ConfigDict, stop: threading.Event | None = None) -> None:
   """Starts JAX's multi-controller runtime when the config asks for it or a cluster is detected.
 
   ``config.distributed.initialize``: "never"; "always" (with ``coordinator_address``,
   ``num_processes`` and ``process_id`` from the config, or found by ``jax.distributed`` itself on TPU
   pod slices and under SLURM); "auto" (the default): when ``coordinator_address`` is set, or when
   :func:`in_cluster`. Cloud TPU VM pod slices need "always".
+
+  Every process waits until all have connected, saying so, for at most
+  ``config.distributed.initialization_timeout`` seconds. Past that, or when ``stop`` is set
+  (SIGTERM, Ctrl-C) while it waits, the process ends there with one line saying why (exit 1, or
+  0 / 130 for the signals): the half-started runtime cannot be stopped from Python, and nothing
+  was written yet.
+  Once connected, the run's signal handlers are installed again (jax installs its own SIGTERM
+  handler, which would ignore preemption).
   """
   if jax.distributed.is_initialized():
     return
@@ -26,15 +39,68 @@ def initialize(config: ml_collections.ConfigDict) -> None:
                                  and not in_cluster()):
     return
   kwargs = {}
+  where = "the coordinator jax.distributed finds for this cluster"
   if d.coordinator_address:
     kwargs = dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
                   process_id=d.process_id)
+    where = (f"the coordinator {d.coordinator_address} as process {d.process_id} of "
+             f"{d.num_processes}")
   if d.cpu_collectives:
     jax.config.update("jax_cpu_collectives_implementation", d.cpu_collectives)
-  jax.distributed.initialize(**kwargs)
+  timeout = d.initialization_timeout
+  logging.info("jax.distributed: connecting to %s; waiting up to %d s for every process to join "
+               "(config.distributed.initialization_timeout)", where, timeout)
+  # jax's own limit is longer, so that this one, which ends the process cleanly, comes first.
+  _wait(lambda: jax.distributed.initialize(initialization_timeout=timeout + 60, **kwargs),
+        timeout, stop, where)
+  preemption.reclaim_signals()
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
+
+
+def _wait(connect: Callable[[], None], timeout: float, stop: threading.Event | None,
+          where: str) -> None:
+  """Runs ``connect`` in a thread, logging every 30 s while it waits; ends the process (see
+  :func:`initialize`) past ``timeout`` seconds or on ``stop``."""
+  failure: list[BaseException] = []
+
+  def target():
+    try:
+      connect()
+    except BaseException as e:  # re-raised in the calling thread
+      failure.append(e)
+
+  thread = threading.Thread(target=target, name="jax.distributed.initialize", daemon=True)
+  start = time.monotonic()
+  note = start + 30
+  thread.start()
+  while thread.is_alive():
+    thread.join(0.1)
+    now = time.monotonic()
+    waited = now - start
+    if stop is not None and stop.is_set():
+      name = getattr(stop, "signal_name", "") or "SIGTERM"
+      _exit(130 if name == "Ctrl-C" else 0,
+            f"jax.distributed: {name} while waiting for every process to connect to {where}: "
+            "nothing was started or written; rerun the same command")
+    if waited > timeout:
+      _exit(1, f"jax.distributed: not every process connected to {where} within {timeout} s "
+               "(config.distributed.initialization_timeout): start the same command on every "
+               "host (each with its own process_id), check the address and port, or raise the "
+               "timeout")
+    if now >= note:
+      note += 30
+      logging.info("jax.distributed: still waiting for every process to join (%d s of %d s)",
+                   waited, timeout)
+  if failure:
+    raise failure[0]
+
+
+def _exit(code: int, message: str) -> None:
+  logging.error("%s", message)
+  logging.flush()
+  os._exit(code)
 
 
 def in_cluster() -> bool:

@@ -1,5 +1,5 @@
 """Test set-up: CPU only, 8 fake CPU devices for the data-parallel tests, a shared compilation cache,
-and a fixture that runs the experiment runner as real processes.
+a fixture that runs the experiment runner as real processes, and a reader of TensorBoard events.
 
 The environment must be set before JAX initialises its backends, so it is set here, before any test
 imports jax.
@@ -73,6 +73,30 @@ class Runner:
       if proc.poll() is None:
         proc.kill()
         proc.wait()
+
+
+def tensorboard_scalars(rundir) -> dict[tuple[str, int], float]:
+  """{(tag, step): value} as TensorBoard shows a run: event files in name order, and a SessionLog
+  START at step T (tensorboardX's purge_step) hides the events at steps >= T written before it."""
+  import struct
+
+  from tensorboardX.proto import event_pb2
+
+  shown: list[tuple[str, int, float]] = []
+  for name in sorted(os.listdir(rundir)):
+    with open(os.path.join(rundir, name), "rb") as f:
+      data = f.read()
+    pos = 0
+    while pos < len(data):  # TFRecord: u64 length, u32 crc, payload, u32 crc
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+        shown = [s for s in shown if s[1] < event.step]
+      shown += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
+  scalars = {(tag, step): value for tag, step, value in shown}
+  assert len(scalars) == len(shown), "a scalar is shown twice"
+  return scalars
 
 
 @pytest.fixture

@@ -47,13 +47,15 @@ def _cifar_batches(sizes=(3, 2, 2, 2, 4, 3)):
           for name, n in zip(CIFAR_BATCHES, sizes)}
 
 
-def _write_cifar_pickles(folder, batches, *, str_keys=False, numpy1_names=False):
-  """Protocol-2 pickles; ``numpy1_names`` writes numpy 1's module path, as the real files have."""
+def _write_cifar_pickles(folder, batches, *, str_keys=False, numpy1_names=False, protocol=2,
+                         batch_label=b"x"):
+  """Pickles (protocol 2 by default, as the release's); ``numpy1_names`` writes numpy 1's module
+  path, as the real files have."""
   folder.mkdir(parents=True, exist_ok=True)
   for name, (pixels, labels) in batches.items():
     keys = ("data", "labels") if str_keys else (b"data", b"labels")
-    batch = {keys[0]: pixels, keys[1]: [int(v) for v in labels], b"batch_label": b"x"}
-    payload = pickle.dumps(batch, protocol=2)
+    batch = {keys[0]: pixels, keys[1]: [int(v) for v in labels], b"batch_label": batch_label}
+    payload = pickle.dumps(batch, protocol=protocol)
     if numpy1_names:
       new = b"cnumpy.core.multiarray\n_reconstruct\n"
       payload = payload.replace(b"cnumpy._core.multiarray\n_reconstruct\n", new)
@@ -180,6 +182,59 @@ def test_cifar_pickle_round_trip(tmp_path, subdir, str_keys, numpy1_names):
   np.testing.assert_array_equal(
       ds.train_labels, np.concatenate([batches[f"data_batch_{i}"][1] for i in range(1, 6)]))
   np.testing.assert_array_equal(ds.test_labels, batches["test_batch"][1])
+
+
+@pytest.mark.parametrize("protocol,batch_label", [(5, b"x"), (2, b""), (4, b"")])
+def test_cifar_pickles_numpy_writes_are_read(tmp_path, protocol, batch_label):
+  """Protocol 5 stores arrays through numpy's ``_frombuffer``; protocol 2 an empty bytes value as
+  ``bytes()``: both are what numpy and Python write, not code."""
+  batches = _cifar_batches()
+  _write_cifar_pickles(tmp_path, batches, protocol=protocol, batch_label=batch_label)
+  ds = data.load_dataset("cifar10", data_dir=str(tmp_path))
+  pixel = batches["test_batch"][0][1, [3 * 32 + 4 + c * 1024 for c in range(3)]]  # row 3, col 4
+  np.testing.assert_array_equal(ds.test_images[1, 3, 4], pixel / np.float32(255))
+  np.testing.assert_array_equal(ds.test_labels, batches["test_batch"][1])
+
+
+def test_cifar_pickle_bytes_with_arguments_is_refused(tmp_path):
+  class Big:
+    def __reduce__(self):
+      return (bytes, (10**12,))  # would allocate a terabyte
+
+  _write_cifar_pickles(tmp_path, _cifar_batches())
+  (tmp_path / "data_batch_1").write_bytes(pickle.dumps({b"data": Big(), b"labels": []}, protocol=2))
+  with pytest.raises(ValueError, match=r"data_batch_1: .*refusing bytes\(1000000000000,\)"):
+    data.load_dataset("cifar10", data_dir=tmp_path)
+
+
+def test_cifar_empty_pickle_batch_says_it_holds_no_images(tmp_path):
+  batches = _cifar_batches()
+  batches["data_batch_2"] = (np.zeros((0, 3072), np.uint8), np.zeros(0, int))
+  _write_cifar_pickles(tmp_path, batches)
+  with pytest.raises(ValueError, match=r"data_batch_2: holds no images; an interrupted copy"):
+    data.load_dataset("cifar10", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_nan_pixel_is_named_with_its_split_and_example(split):
+  images = {s: np.zeros((4, 2, 2, 1), np.float32) for s in ("train", "test")}
+  images[split][2, 1, 0, 0] = np.nan
+  with pytest.raises(ValueError, match=rf"Dataset\(synthetic\): {split}_images holds 1 NaN or "
+                                       r"infinite pixel values \(the first in example 2, at \(row, "
+                                       r"column, channel\) \(1, 0, 0\)\)"):
+    data.Dataset("synthetic", images["train"], np.zeros(4, np.int32), images["test"],
+                 np.zeros(4, np.int32), 2)
+
+
+def test_the_fingerprint_follows_every_pixel():
+  ds = data.load_dataset("synthetic", synthetic_sizes=(64, 16), num_classes=4)
+  again = data.load_dataset("synthetic", synthetic_sizes=(64, 16), num_classes=4)
+  first = ds.fingerprint()
+  assert first == again.fingerprint()
+  assert {k: first[k] for k in ("num_train", "num_test", "image_shape", "num_classes")} == {
+      "num_train": 64, "num_test": 16, "image_shape": [8, 8, 1], "num_classes": 4}
+  again.test_images[15, 7, 7, 0] += 1e-3
+  assert again.fingerprint()["sha1"] != first["sha1"]
 
 
 @pytest.mark.parametrize("subdir", ["", "cifar-10-batches-bin"])

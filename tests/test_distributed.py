@@ -21,13 +21,14 @@ def test_distributed_init_starts_jax_distributed_only_when_asked(monkeypatch):
     distributed.initialize(config)
     return list(calls)
 
+  timeout = {"initialization_timeout": 360}  # jax's own: a minute past the config's 300 s
   assert init() == []  # auto, no cluster, no address: one process
   address = {"coordinator_address": "host0:1234", "num_processes": 2, "process_id": 1}
-  assert init(**address) == [address]  # auto with an address: the address is used
-  assert init(initialize="always") == [{}]  # jax finds the cluster itself
+  assert init(**address) == [dict(address, **timeout)]  # auto with an address: the address is used
+  assert init(initialize="always") == [timeout]  # jax finds the cluster itself
   monkeypatch.setenv("SLURM_NTASKS", "2")
   monkeypatch.setenv("SLURM_PROCID", "1")
-  assert init() == [{}]
+  assert init() == [timeout]
   assert init(initialize="never") == []
 
 

@@ -1,7 +1,6 @@
 """pwconv.models.features: every registered network as a backbone (timm's features_only)."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

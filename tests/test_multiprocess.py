@@ -1,6 +1,6 @@
-"""Real processes: multi-host training on localhost, kill -9, SIGTERM, half-written checkpoints, and
-restoring on another device count. Each test starts ``python -m experiments.run`` and compares with one
-uninterrupted run on one CPU device.
+"""Real processes: multi-host training on localhost, kill -9, SIGTERM (one process and two),
+half-written checkpoints, and restoring on another device count. Each test starts ``python -m
+experiments.run`` and compares with one uninterrupted run on one CPU device.
 
 Runs on one device are compared bitwise: the same programs on the same batches from the same state give
 the same bits. Runs on several devices are compared to 1e-4: XLA:CPU's cross-device reductions (the
@@ -14,7 +14,7 @@ import signal
 import time
 
 import pytest
-from conftest import Runner
+from conftest import Runner, tensorboard_scalars
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
@@ -35,6 +35,11 @@ def reference(tmp_path_factory):
     runner.cleanup()
   assert rc == 0, log
   return workdir
+
+
+def _metrics(runner, workdir):
+  """metrics.jsonl less the measured step times, which no two runs share."""
+  return [{k: v for k, v in row.items() if k != "step_time_s"} for row in runner.metrics(workdir)]
 
 
 def _final(runner, workdir):
@@ -71,7 +76,15 @@ def test_kill_9_then_rerun_resumes_and_matches(runner, reference, tmp_path):
   assert f"[separable] resuming from the checkpoint at step {steps[-1]}" in log
   # Bitwise on CPU: the same programs on the same batches from the same state.
   assert _final(runner, workdir) == _final(runner, reference)
-  assert runner.metrics(workdir) == runner.metrics(reference)
+  assert _metrics(runner, workdir) == _metrics(runner, reference)
+  # TensorBoard shows every row of metrics.jsonl, the final test scalars of dense (finished before
+  # the kill) included, whatever the kill cut from its event files.
+  for name in ("dense", "separable"):
+    logged = {(f"{r['split']}/{k}", r["step"]): v for r in runner.metrics(workdir)
+              if r["variant"] == name
+              for k, v in r.items() if k not in ("variant", "step", "split")}
+    shown = tensorboard_scalars(workdir / "tensorboard" / name)
+    assert ("test/accuracy", 48) in shown and shown.keys() == logged.keys()
 
 
 def test_sigterm_saves_exits_0_and_rerun_resumes(runner, reference, tmp_path):
@@ -90,7 +103,7 @@ def test_sigterm_saves_exits_0_and_rerun_resumes(runner, reference, tmp_path):
   assert rc == 0, log
   assert f"[{variant}] resuming from the checkpoint at step {step}" in log
   assert _final(runner, workdir) == _final(runner, reference)
-  assert runner.metrics(workdir) == runner.metrics(reference)
+  assert _metrics(runner, workdir) == _metrics(runner, reference)
 
 
 def test_sigterm_outside_training_exits_0_and_rerun_writes_the_report(runner, reference, tmp_path):
@@ -111,7 +124,7 @@ def test_sigterm_outside_training_exits_0_and_rerun_writes_the_report(runner, re
   rc, log = runner.run(workdir, *OVERRIDES, devices=1)
   assert rc == 0, log
   assert _final(runner, workdir) == _final(runner, reference)
-  assert runner.metrics(workdir) == runner.metrics(reference)
+  assert _metrics(runner, workdir) == _metrics(runner, reference)
 
 
 def test_half_written_checkpoint_is_ignored(runner, reference, tmp_path):
@@ -163,7 +176,7 @@ def test_two_processes_match_one(runner, reference, tmp_path):
   log0 = open(f"{workdir}.process0.log").read()
   assert "process 0 of 2, 4 local / 8 global devices" in log0
   assert "process 1 of 2" in open(f"{workdir}.process1.log").read()
-  ours, theirs = runner.metrics(workdir), runner.metrics(reference)
+  ours, theirs = _metrics(runner, workdir), _metrics(runner, reference)
   assert [(r["variant"], r["step"], r["split"]) for r in ours] == \
          [(r["variant"], r["step"], r["split"]) for r in theirs]
   for a, b in zip(ours, theirs):
@@ -172,3 +185,28 @@ def test_two_processes_match_one(runner, reference, tmp_path):
   for name, (_, loss, steps, status) in _final(runner, reference).items():
     assert final[name][2:] == (steps, status)
     assert final[name][1] == pytest.approx(loss, rel=1e-4)
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_checkpoint(runner, tmp_path):
+  """jax.distributed.initialize installs its own SIGTERM handler, which used to swallow the signal:
+  training went on to the end. Now the signalled process stops, and the other with it, at the same
+  step, both saving (orbax saves collectively) and exiting 0."""
+  workdir = tmp_path / "multihost_sigterm"
+  port = runner.free_port()
+  logs = [f"{workdir}.process{i}.log" for i in range(2)]
+  procs = [runner.start(workdir, *OVERRIDES, "--config.num_steps=100000",
+                        "--config.distributed.initialize=always",
+                        f"--config.distributed.coordinator_address=localhost:{port}",
+                        "--config.distributed.num_processes=2",
+                        f"--config.distributed.process_id={i}", devices=4, log=logs[i])
+           for i in range(2)]
+  _wait_for_step(runner, procs[0], workdir, "dense", 12)
+  procs[1].send_signal(signal.SIGTERM)
+  for i, proc in enumerate(procs):
+    assert proc.wait(timeout=120) == 0, open(logs[i]).read()
+  saved = [re.search(r"\[dense\] SIGTERM: saved a checkpoint at step (\d+)", open(log).read())
+           for log in logs]
+  assert all(saved), [open(log).read() for log in logs]
+  step = int(saved[0].group(1))
+  assert int(saved[1].group(1)) == step and step < 100000 and step % 4 == 0  # a log boundary
+  assert (workdir / "checkpoints" / "dense" / str(step)).is_dir()

@@ -12,6 +12,8 @@ def test_tour_runs(capsys):
   assert "160,563,200 (160.6M)" in out and "43,352,064 (43.4M)" in out and "3.70x" in out
   assert "MobileNetV2 on input 1x224x224x3" in out
   assert "MACs 300,774,272" in out
+  assert "['mobilenet_v3_large', 'mobilenet_v3_small']" in out
+  assert "'module': 'stage4_block3', 'channels': 768" in out
 
 
 def test_commands_are_the_ones_ci_runs():

@@ -8,10 +8,14 @@ must be divisible by the device count (8 on a v2-8/v3-8 Colab TPU).
 import ml_collections
 
 from experiments.configs import cifar10
+from experiments.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = cifar10.get_config()
+  config.variants = default.get_config().variants  # every classic design
+  config.model.depth = 2
+  config.model.expansion = 4
   config.dataset = "synthetic"
   config.synthetic = ml_collections.ConfigDict(dict(shape=(32, 32, 3), sizes=(50000, 10000),
                                                     num_classes=10))
@@ -22,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_steps = 1500
   config.optimizer.learning_rate = 0.4
   config.optimizer.warmup_steps = 150
+  config.log_every_steps = 100
   config.eval_every_steps = 500
   config.checkpoint_every_steps = 500
   return config
