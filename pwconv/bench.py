@@ -27,7 +27,9 @@ Flags: ``--quick`` (a CPU-sized suite, under 2 minutes on 2 cores), ``--json PAT
 (rerun the depthwise cases with each implementation), ``--torch`` (when torch is installed, time
 PyTorch doing what the bare depthwise and pointwise convs and the dense baseline blocks do:
 ``conv2d``, plus ``batch_norm`` and ``relu`` for a dense block), ``--dtype``, ``--batch``,
-``--repeats``, ``--cases`` (substrings of case names).
+``--repeats``, ``--cases`` (substrings of case names), ``--nocalibrate``. ``--suite gpu`` runs the
+accelerator suite of :mod:`pwconv.bench_gpu` instead (``--sections``, ``--impl``, ``--quick``,
+``--json`` apply to it).
 """
 
 from __future__ import annotations
@@ -337,32 +339,49 @@ def run(*, quick: bool = False, impls: Sequence[str] = ("auto",), dtype: str = "
           "torch": torch_rows(selected, jdtype, repeats) if with_torch else []}
 
 
-_QUICK = flags.DEFINE_bool("quick", False, "A CPU-sized suite (small batch, few cases and repeats).")
-_JSON = flags.DEFINE_string("json", "", "Also write the results to this JSON file.")
-_IMPL = flags.DEFINE_list("impl", ["auto"], "Depthwise implementations to compare.")
-_TORCH = flags.DEFINE_bool("torch", False, "Add PyTorch conv2d timings (needs torch installed).")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-_BATCH = flags.DEFINE_integer("batch", None, "Batch size (default 8 with --quick, else 64).")
-_REPEATS = flags.DEFINE_integer("repeats", None, "Timed calls per measurement (median).")
-_CASES = flags.DEFINE_list("cases", [], "Only cases whose names contain one of these strings.")
-_CALIBRATE = flags.DEFINE_bool("calibrate", True, "Calibrate the roofline per layer kind first "
-                               "(--nocalibrate: 'pred x' is the pure roofline).")
+def _define_flags() -> None:
+  """The command line's flags; defined only when this module runs as a program, so that
+  :mod:`pwconv.bench_gpu` can import it while it does."""
+  flags.DEFINE_bool("quick", False, "A CPU-sized suite (small batch, few cases and repeats).")
+  flags.DEFINE_string("json", "", "Also write the results to this JSON file.")
+  flags.DEFINE_list("impl", ["auto"], "Depthwise implementations to compare.")
+  flags.DEFINE_bool("torch", False, "Add PyTorch conv2d timings (needs torch installed).")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+  flags.DEFINE_integer("batch", None, "Batch size (default 8 with --quick, else 64).")
+  flags.DEFINE_integer("repeats", None, "Timed calls per measurement (median).")
+  flags.DEFINE_list("cases", [], "Only cases whose names contain one of these strings.")
+  flags.DEFINE_enum("suite", "default", ["default", "gpu"],
+                    "default: the block and fast-path comparisons; gpu: the accelerator suite of "
+                    "pwconv.bench_gpu (ceilings, depthwise GB/s per impl, Pallas tiles, pointwise "
+                    "share of matmul, seed blocks at N=256, MobileNetV2 train step), in Markdown.")
+  flags.DEFINE_list("sections", [], "--suite gpu: only these sections (default all).")
+  flags.DEFINE_bool("calibrate", True, "Calibrate the roofline per layer kind first "
+                    "(--nocalibrate: 'pred x' is the pure roofline).")
+
+
+FLAGS = flags.FLAGS
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _TORCH.value:
+  if FLAGS.suite == "gpu":
+    from pwconv import bench_gpu  # it builds on this module
+    impls = FLAGS.impl if FLAGS["impl"].present else ("auto", *kernels.names()[1:])
+    bench_gpu.run(quick=FLAGS.quick, impls=impls, sections=FLAGS.sections or bench_gpu.SECTIONS,
+                  json_path=FLAGS.json, emit=lambda line: print(line, flush=True))
+    return
+  if FLAGS.torch:
     try:
       import torch  # noqa: F401
     except ImportError:
       raise app.UsageError("--torch needs PyTorch installed (pip install torch); it is never a "
                            "dependency of pwconv") from None
-  result = run(quick=_QUICK.value, impls=_IMPL.value, dtype=_DTYPE.value, batch=_BATCH.value,
-               repeats=_REPEATS.value, cases=_CASES.value, with_torch=_TORCH.value,
-               calibrate=_CALIBRATE.value)
+  result = run(quick=FLAGS.quick, impls=FLAGS.impl, dtype=FLAGS.dtype, batch=FLAGS.batch,
+               repeats=FLAGS.repeats, cases=FLAGS.cases, with_torch=FLAGS.torch,
+               calibrate=FLAGS.calibrate)
   header = (f"pwconv.bench on {result['device']} ({result['backend']}, jax {result['jax']}), "
-            f"{_DTYPE.value}; x = baseline time / candidate time, medians in one process")
+            f"{FLAGS.dtype}; x = baseline time / candidate time, medians in one process")
   print(table(result["rows"], Peaks(**result["peaks"]), header))
   if result["efficiency"]:
     print("calibrated roofline efficiency per layer kind (roofline time / measured, on shapes no "
@@ -383,11 +402,12 @@ def main(argv: Sequence[str]) -> None:
           f"{1e3 * r['torch_forward_s']:.3f} ms vs pwconv {1e3 * mine['forward_s']:.3f} ms{impl}; "
           f"f+b {1e3 * r['torch_forward_backward_s']:.3f} ms vs "
           f"{1e3 * mine['forward_backward_s']:.3f} ms")
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
+  if FLAGS.json:
+    with open(FLAGS.json, "w") as f:
       json.dump(result, f, indent=2)
   sys.stdout.flush()
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

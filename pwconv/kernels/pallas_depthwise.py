@@ -92,19 +92,33 @@ def _gpu_kernel(x_ref, w_ref, o_ref, *, strides, padding, dilation, multiplier, 
 
 
 def gpu_depthwise(x: jax.Array, kernel: jax.Array, strides: Pair, padding: Padding,
-                  dilation: Pair, *, interpret: bool = False) -> jax.Array:
+                  dilation: Pair, *, interpret: bool = False,
+                  tile: tuple[int, int, int] | None = None,
+                  num_warps: int | None = None) -> jax.Array:
   """The Triton kernel (masked-gather tiles); ``interpret=True`` runs it on any backend.
 
   Args and result as :func:`depthwise_conv`. Grid: (tiles of Ho x Wo, blocks of C·m, N), at most
   ``BLOCK_H·BLOCK_W`` pixels by ``BLOCK_C`` channels each, shrunk to powers of two that cover
   small outputs. Cost: N·Ho·Wo·kh·kw·C·m MACs; HBM traffic about one read of x and one write of y.
+
+  ``tile`` = (block_h, block_w, block_c), powers of two, and ``num_warps`` override
+  :data:`BLOCK_H`, :data:`BLOCK_W`, :data:`BLOCK_C` and :data:`NUM_WARPS` (the tile sweep of
+  ``python -m pwconv.bench --suite gpu`` times several); the same shrinking applies.
   """
   n, h, w, c = x.shape
   kh, kw, _, cout = kernel.shape
   out_h, out_w = shifted.output_hw((h, w), (kh, kw), strides, padding, dilation)
-  bw = min(BLOCK_W, pl.next_power_of_2(out_w))
-  bh = min(BLOCK_H * BLOCK_W // bw, pl.next_power_of_2(out_h))
-  bc = min(BLOCK_C, pl.next_power_of_2(cout))
+  block_h, block_w, block_c = (BLOCK_H, BLOCK_W, BLOCK_C) if tile is None else tile
+  for name, size in zip(("block_h", "block_w", "block_c"), (block_h, block_w, block_c)):
+    if not isinstance(size, int) or size < 1 or size & (size - 1):
+      raise ValueError(f"gpu_depthwise: tile {name} must be a positive power of two, got {size!r}")
+  num_warps = NUM_WARPS if num_warps is None else num_warps
+  if not isinstance(num_warps, int) or num_warps < 1 or num_warps & (num_warps - 1):
+    raise ValueError(f"gpu_depthwise: num_warps must be a positive power of two, "
+                     f"got {num_warps!r}")
+  bw = min(block_w, pl.next_power_of_2(out_w))
+  bh = min(block_h * block_w // bw, pl.next_power_of_2(out_h))
+  bc = min(block_c, pl.next_power_of_2(cout))
   tiles_w = pl.cdiv(out_w, bw)
   body = functools.partial(_gpu_kernel, strides=strides, padding=padding, dilation=dilation,
                            multiplier=cout // c, tiles_w=tiles_w, block=(bh, bw, bc))
@@ -112,7 +126,7 @@ def gpu_depthwise(x: jax.Array, kernel: jax.Array, strides: Pair, padding: Paddi
       body,
       out_shape=jax.ShapeDtypeStruct((n, out_h, out_w, cout), x.dtype),
       grid=(pl.cdiv(out_h, bh) * tiles_w, pl.cdiv(cout, bc), n),
-      compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS),
+      compiler_params=plgpu.CompilerParams(num_warps=num_warps),
       interpret=interpret,
       name="pwconv_depthwise_gpu",
   )(x, kernel.reshape(kh, kw, cout))
