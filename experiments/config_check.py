@@ -111,6 +111,7 @@ KEYS: dict[str, Check] = {
     "checkpoint_every_steps": _int(),
     "checkpoints_to_keep": _int(),
     "timing_repeats": _int(),
+    "calibrate_roofline": validate.boolean,
     "seed": _seed,
     "seeds": _int(),
     "label_smoothing": _number(low=0.0, high=1.0, high_open=True),

@@ -93,13 +93,14 @@ def step_times(runs: Mapping[str, tuple[Any, Callable, Callable]], pipeline: Pip
   return times
 
 
-def predicted_times(profiles: Mapping[str, pwconv.Profile], batch: int,
-                    dtype: Any) -> dict[str, float]:
+def predicted_times(profiles: Mapping[str, pwconv.Profile], batch: int, dtype: Any, *,
+                    calibrate: bool = True) -> dict[str, float]:
   """Per variant, the roofline forward time (s) of ``batch`` examples on this device: each layer's
   max(2·MACs / peak FLOP/s, bytes / peak bandwidth) over its kind's efficiency, which
-  :func:`pwconv.roofline.calibrate` measures once here, on layers of its own (none of these models).
+  :func:`pwconv.roofline.calibrate` measures once here, on layers of its own (none of these models);
+  ``calibrate=False``: every efficiency 1 (the pure roofline).
   """
   peaks = roofline.device_peaks(dtype)
-  efficiency = roofline.calibrate(dtype, peaks=peaks, repeats=3)
+  efficiency = roofline.calibrate(dtype, peaks=peaks, repeats=3) if calibrate else {}
   return {name: p.predict(peaks, batch=max(1, batch), efficiency=efficiency).seconds
           for name, p in profiles.items()}

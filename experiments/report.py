@@ -248,9 +248,11 @@ def savings_table(rows: Sequence[Mapping[str, Any]], config: ml_collections.Conf
       f"{config.num_steps} steps, {config.dtype}). MACs per example, padded taps counted; 'x' "
       "columns are baseline / variant (> 1 is cheaper or faster). 'pred x': the roofline model's "
       "inference speedup (pwconv.profile(...).predict: per layer, max(2·MACs / peak FLOP/s, "
-      "bytes / peak bandwidth) over the efficiency pwconv.roofline.calibrate measured for its kind "
-      "of layer on this device, once, on layers of its own); compare it with 'infer x'. 'train ms' "
-      "is one "
+      + ("bytes / peak bandwidth) over the efficiency pwconv.roofline.calibrate measured for its "
+         "kind of layer on this device, once, on layers of its own)"
+         if config.calibrate_roofline else
+         "bytes / peak bandwidth), uncalibrated: config.calibrate_roofline=False)") +
+      "; compare it with 'infer x'. 'train ms' is one "
       f"train step on a batch of {config.batch_size}, 'infer ms' one eval step on a batch of "
       f"{config.eval_batch_size}: the median (interquartile range) of {config.timing_repeats} "
       "compiled calls on this device, every variant timed in turn in each round, in one process; "

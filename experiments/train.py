@@ -138,7 +138,8 @@ def _train_and_report(config: ml_collections.ConfigDict, workdir: Workdir,
   times = measure.step_times({name: (t.state, t.steps.train, t.steps.eval)
                               for name, t in trained.items()}, run.pipeline, config.timing_repeats)
   predicted = measure.predicted_times(profiles, config.eval_batch_size // mesh.size,
-                                      variants_lib.DTYPES[config.dtype])
+                                      variants_lib.DTYPES[config.dtype],
+                                      calibrate=config.calibrate_roofline)
   rows = report.savings_rows(config, profiles, times, predicted, results)
   table = workdir.write_savings(rows, config)
   if workdir.is_writer:

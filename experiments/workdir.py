@@ -37,7 +37,8 @@ from experiments.config_help import flatten
 
 # Keys that do not change what a run computes: a resumed run may differ from the first in these.
 # (data_dir may move: the data themselves are fingerprinted.)
-RESUMABLE_DIFFERENCES = ("stop_after_steps", "timing_repeats", "eval_every_steps",
+RESUMABLE_DIFFERENCES = ("stop_after_steps", "timing_repeats", "calibrate_roofline",
+                         "eval_every_steps",
                          "checkpoint_every_steps", "checkpoints_to_keep", "num_devices",
                          "distributed", "data_dir")
 REPORT = ("savings.md", "savings.png", "savings.json")  # in the order written: savings.json last

@@ -83,6 +83,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 80
   config.checkpoints_to_keep = 2
   config.timing_repeats = 10    # medians of this many compiled calls for the measured-time columns
+  config.calibrate_roofline = True  # 'pred x': calibrate each layer kind's roofline efficiency on
+                                    # this device first (~15 s on 2 CPU cores); False: pure roofline
   config.stop_after_steps = 0   # > 0: end each invocation after training this many steps (all
                                 # variants together), checkpointed; rerun to go on (time slices)
   config.num_devices = 0        # 0: every device; n: the first n (single process only)
