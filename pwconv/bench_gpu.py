@@ -14,7 +14,7 @@ One run measures, in one process, with the device's own ceilings measured first:
    (``dot_general``), as ``nn.Conv`` runs it, and as a plain (N·H·W, C) @ (C, C) matmul, in TFLOP/s
    and share of the measured matmul rate;
 5. **blocks**: the seed separable and bottleneck blocks against their dense 5x5 at N=256, forward
-   and forward+backward (:func:`pwconv.bench.measure`), the separable one for each implementation;
+   and forward+backward (:func:`pwconv.bench.run`), the separable one for each implementation;
 6. **train step**: a whole :func:`pwconv.models.mobilenet_v2` train step (SGD with momentum,
    cross-entropy, BatchNorm in training mode) at B=256, 224², bf16 compute, in images/s with its
    compile time, for each depthwise implementation.
@@ -80,7 +80,6 @@ class Sizes:
   repeats: int
   tiles: tuple[tuple[int, int, int, int], ...]
   depthwise_layers: int = 1000  # at most this many depthwise rows' shapes
-  block_map: int | None = None  # the seed blocks' map side (None: their own 28)
   train_model: tuple[tuple[str, Any], ...] = ()  # keywords of mobilenet_v2 in the train step
 
 
@@ -90,7 +89,7 @@ FULL = Sizes(depthwise_batch=64, depthwise_shape=(56, 56, 512), resolution=224,
 QUICK = Sizes(depthwise_batch=2, depthwise_shape=(16, 16, 64), resolution=64,
               pointwise_shape=(2, 8, 8), pointwise_channels=(16, 32), block_batch=2,
               train_batch=4, copy_bytes=2**22, matmul_size=256, repeats=2, tiles=TILES[:2],
-              depthwise_layers=2, block_map=8,
+              depthwise_layers=2,
               train_model=(("width_multiplier", 0.25), ("depth_multiplier", 0.1)))
 
 
@@ -130,7 +129,7 @@ def _depthwise_fns(impl: str, k: int, stride: int) -> tuple[Callable, Callable]:
 
 def _impls(requested: Sequence[str]) -> list[str]:
   """The concrete implementations to time (``auto`` is marked on the one it resolves to)."""
-  return [i for i in dict.fromkeys(kernels.resolve(i) for i in requested)]
+  return list(dict.fromkeys(kernels.resolve(i) for i in requested))
 
 
 def depthwise_rows(sizes: Sizes, impls: Sequence[str], ceilings: dict[str, float]) -> list[dict]:
@@ -202,27 +201,15 @@ def pointwise_rows(sizes: Sizes, ceilings: dict[str, float]) -> list[dict]:
 
 
 def block_rows(sizes: Sizes, impls: Sequence[str]) -> list[dict]:
-  cases = [c for c in bench.suite(quick=False, batch=sizes.block_batch)
-           if c.name.startswith("seed")]
-  if sizes.block_map is not None:
-    cases = [dataclasses.replace(c, shape=(sizes.block_batch, sizes.block_map, sizes.block_map,
-                                           c.shape[-1])) for c in cases]
-  peaks = bench.device_peaks(jnp.bfloat16)
-  rows = []
-  for case in cases:
-    variants = impls if "separable" in case.name else impls[:1]
-    for impl in variants:
-      candidate = (bench._with_impl(case.candidate, impl) if "separable" in case.name
-                   else case.candidate)
-      row = bench.measure(dataclasses.replace(case, candidate=candidate), jnp.bfloat16,
-                          sizes.repeats, peaks)
-      rows.append({"case": case.name, "impl": impl if "separable" in case.name else "-",
-                   "shape": row["shape"], "theory_ratio": row["theory_ratio"],
-                   "forward_speedup": row["forward_speedup"],
-                   "forward_backward_speedup": row["forward_backward_speedup"],
-                   "candidate_forward_backward_s": row["candidate"]["forward_backward_s"],
-                   "baseline_forward_backward_s": row["baseline"]["forward_backward_s"]})
-  return rows
+  """The seed cases of :func:`pwconv.bench.run` in bf16 at ``sizes.block_batch``: one row for the
+  bottleneck, one per implementation for the separable block (it runs a depthwise conv)."""
+  rows = bench.run(impls=impls, dtype="bfloat16", batch=sizes.block_batch, repeats=sizes.repeats,
+                   cases=["seed"], calibrate=False)["rows"]
+  return [{"case": r["case"], "impl": r["impl"], "shape": r["shape"],
+           "theory_ratio": r["theory_ratio"], "forward_speedup": r["forward_speedup"],
+           "forward_backward_speedup": r["forward_backward_speedup"],
+           "candidate_forward_backward_s": r["candidate"]["forward_backward_s"],
+           "baseline_forward_backward_s": r["baseline"]["forward_backward_s"]} for r in rows]
 
 
 def train_step_rate(impl: str, batch: int, resolution: int, repeats: int,

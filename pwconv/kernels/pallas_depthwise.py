@@ -109,13 +109,11 @@ def gpu_depthwise(x: jax.Array, kernel: jax.Array, strides: Pair, padding: Paddi
   kh, kw, _, cout = kernel.shape
   out_h, out_w = shifted.output_hw((h, w), (kh, kw), strides, padding, dilation)
   block_h, block_w, block_c = (BLOCK_H, BLOCK_W, BLOCK_C) if tile is None else tile
-  for name, size in zip(("block_h", "block_w", "block_c"), (block_h, block_w, block_c)):
-    if not isinstance(size, int) or size < 1 or size & (size - 1):
-      raise ValueError(f"gpu_depthwise: tile {name} must be a positive power of two, got {size!r}")
   num_warps = NUM_WARPS if num_warps is None else num_warps
-  if not isinstance(num_warps, int) or num_warps < 1 or num_warps & (num_warps - 1):
-    raise ValueError(f"gpu_depthwise: num_warps must be a positive power of two, "
-                     f"got {num_warps!r}")
+  for name, size in (("tile block_h", block_h), ("tile block_w", block_w),
+                     ("tile block_c", block_c), ("num_warps", num_warps)):
+    if not isinstance(size, int) or size < 1 or size & (size - 1):
+      raise ValueError(f"gpu_depthwise: {name} must be a positive power of two, got {size!r}")
   bw = min(block_w, pl.next_power_of_2(out_w))
   bh = min(block_h * block_w // bw, pl.next_power_of_2(out_h))
   bc = min(block_c, pl.next_power_of_2(cout))
